@@ -1,0 +1,533 @@
+#!/usr/bin/env python3
+"""Benchmark trio-mc against real memcached (and a do-nothing server).
+
+One invocation, one load generator (bench/loadgen, C), every server pinned to
+CPU 0 and the generator pinned to CPU 1.  For each workload the runner starts
+a fresh server, lets the generator preload/warm up/measure, samples the
+server's CPU time (utime+stime from /proc/<pid>/stat, whole process tree)
+exactly over the measurement window, stops the server and moves on.
+
+Standard library only.  See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+OUT_DIR = BENCH_DIR / "out"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+SERVER_CPU = "0"
+GEN_CPU = "1"
+
+C_PROGRAMS = {
+    "loadgen": BENCH_DIR / "loadgen.c",
+    "nullserver": BENCH_DIR / "nullserver.c",
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    args: tuple[str, ...]
+    value_size: int
+    preload: bool
+    multikey: bool = False
+
+
+WORKLOADS = [
+    Workload("mix", "get/set 90/10, 100 B, depth 1",
+             ("-W", "mix", "-s", "100", "-d", "1"), 100, True),
+    Workload("mix-pipe16", "get/set 90/10, 100 B, depth 16",
+             ("-W", "mix", "-s", "100", "-d", "16"), 100, True),
+    Workload("multiget16", "get of 16 keys, 100 B",
+             ("-W", "multiget", "-m", "16", "-s", "100", "-d", "1"), 100, True, True),
+    Workload("set-1k", "set only, 1 KB",
+             ("-W", "set", "-s", "1024", "-d", "1"), 1024, False),
+]
+WORKLOAD_BY_NAME = {w.name: w for w in WORKLOADS}
+SERVERS = ["null", "memcached", "trio-mc"]
+
+
+class BenchError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def compile_programs(force: bool = False) -> dict[str, Path]:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    out = {}
+    for name, src in C_PROGRAMS.items():
+        binary = BENCH_DIR / name
+        if force or not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
+            if gcc is None:
+                raise BenchError("gcc not found; cannot build " + name)
+            cmd = [gcc, "-O2", "-Wall", "-o", str(binary), str(src)]
+            log("compiling: " + " ".join(cmd))
+            subprocess.run(cmd, check=True, timeout=120)
+        out[name] = binary
+    return out
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_tree_ticks(root_pid: int) -> int:
+    """utime+stime (clock ticks) of root_pid and all its live descendants."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        # the command name may contain spaces/parens: split after the last ')'
+        rest = data[data.rfind(b")") + 2:].split()
+        pid = int(entry)
+        ppid = int(rest[1])
+        children.setdefault(ppid, []).append(pid)
+        ticks[pid] = int(rest[11]) + int(rest[12])  # utime, stime
+    total, todo, seen = 0, [root_pid], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += ticks.get(pid, 0)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
+def cpu_stat() -> dict[str, tuple[int, int]]:
+    """Per-CPU (busy, steal) clock ticks from /proc/stat (busy excludes idle/iowait/steal)."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *vals = line.split()
+            v = [int(x) for x in vals] + [0] * 10
+            user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+            out[name] = (user + nice + system + irq + softirq, steal)
+    return out
+
+
+def pinned(cpu: str, cmd: list[str], pin: bool) -> list[str]:
+    return ["taskset", "-c", cpu, *cmd] if pin else cmd
+
+
+# --------------------------------------------------------------------------
+# servers
+
+
+@dataclass
+class Server:
+    name: str
+    cmd: list[str]
+    port: int
+    proc: subprocess.Popen | None = None
+    logfile: Path | None = None
+    _log: object = field(default=None, repr=False)
+
+    def start(self, ready_timeout: float) -> None:
+        OUT_DIR.mkdir(exist_ok=True)
+        self.logfile = OUT_DIR / f"{self.name}.log"
+        self._log = open(self.logfile, "ab")
+        self._log.write(f"\n=== {time.strftime('%F %T')} {shlex.join(self.cmd)}\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=REPO_DIR, stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + ready_timeout
+        attempt = 0
+        while attempt < 10000:
+            attempt += 1
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.proc.returncode} before "
+                                 f"accepting connections; see {self.logfile}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                    s.sendall(b"version\r\n")
+                    s.settimeout(2.0)
+                    reply = s.recv(256)
+                    if reply:
+                        if not reply.startswith(b"VERSION"):
+                            log(f"warning: {self.name} answered 'version' with {reply[:60]!r}")
+                        return
+            except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
+                pass
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.name} did not accept connections on port {self.port} "
+                                 f"within {ready_timeout:.0f}s; see {self.logfile}")
+            time.sleep(0.05)
+        raise BenchError(f"{self.name}: too many connection attempts")
+
+    def stop(self) -> None:
+        p = self.proc
+        if p is not None and p.returncode is None:
+            # Signal the server's process group (it runs in its own session).  The
+            # leader is checked with WNOWAIT so it stays a zombie, and its pid/pgid
+            # cannot be reused, until we have also swept the rest of its group.
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    break
+                if _wait_exit_nowait(p.pid, 5.0):
+                    break
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # stragglers (worker processes)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                log(f"warning: {self.name} (pid {p.pid}) did not exit")
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self.proc = None
+
+
+def _wait_exit_nowait(pid: int, timeout: float) -> bool:
+    """Wait until pid has exited without reaping it; bounded by timeout."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.02) + 2):
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:
+            return True
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    return False
+
+
+def server_cmd(name: str, port: int, wl: Workload, args, bins) -> list[str]:
+    if name == "null":
+        cmd = [str(bins["nullserver"]), "-l", "127.0.0.1", "-p", str(port),
+               "-s", str(wl.value_size if wl.preload else 0), "-T", "3600"]
+    elif name == "memcached":
+        cmd = [args.memcached, "-t", "1", "-m", "1024", "-U", "0", "-l", "127.0.0.1",
+               "-p", str(port)]
+        if os.geteuid() == 0:
+            cmd += ["-u", "nobody"]  # memcached refuses to run as root without -u
+    else:
+        if args.server_cmd:
+            parts = shlex.split(args.server_cmd)
+            if any("{port}" in p for p in parts):
+                cmd = [p.replace("{port}", str(port)) for p in parts]
+            else:
+                cmd = parts + ["-p", str(port)]
+        else:
+            cmd = [sys.executable, "-m", "trio_mc", "serve", "-t", "1", "-m", "1024",
+                   "-l", "127.0.0.1", "-p", str(port)]
+    return pinned(SERVER_CPU, cmd, args.pin)
+
+
+# --------------------------------------------------------------------------
+# one measurement
+
+
+def run_loadgen(cmd: list[str], timeout: float, on_marker) -> dict:
+    """Run the generator, call on_marker(line) for '# ...' lines, return its JSON."""
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    result = None
+    buf = b""
+    err = b""
+    sel = selectors.DefaultSelector()
+    try:
+        sel.register(proc.stdout, selectors.EVENT_READ, "out")
+        sel.register(proc.stderr, selectors.EVENT_READ, "err")
+        deadline = time.monotonic() + timeout
+        open_streams = 2
+        while open_streams:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"load generator did not finish within {timeout:.0f}s")
+            for key, _ in sel.select(timeout=min(left, 1.0)):
+                chunk = os.read(key.fileobj.fileno(), 65536)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    open_streams -= 1
+                    continue
+                if key.data == "err":
+                    err += chunk
+                    continue
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    text = line.decode(errors="replace").strip()
+                    if text.startswith("#"):
+                        on_marker(text)
+                    elif text.startswith("{"):
+                        result = json.loads(text)
+        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        sel.close()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=5)
+        proc.stdout.close()
+        proc.stderr.close()
+    if err.strip():
+        log("  loadgen: " + err.decode(errors="replace").strip())
+    if result is None:
+        raise BenchError(f"load generator exited with {rc} without a result")
+    result["exit_code"] = rc
+    return result
+
+
+def measure(server_name: str, wl: Workload, args, bins) -> dict:
+    port = free_port()
+    srv = Server(server_name, server_cmd(server_name, port, wl, args, bins), port)
+    try:
+        srv.start(ready_timeout=args.ready_timeout)
+        gen = pinned(GEN_CPU, [str(bins["loadgen"]), "-H", "127.0.0.1", "-p", str(port),
+                               "-c", str(args.conns), "-k", str(args.keys),
+                               "-t", str(args.duration), "-w", str(args.warmup),
+                               *wl.args], args.pin)
+        if wl.preload:
+            gen.append("--preload")
+        marks: dict[str, tuple[float, int, dict]] = {}
+
+        def on_marker(text: str) -> None:
+            marks[text] = (time.monotonic(), proc_tree_ticks(srv.proc.pid), cpu_stat())
+
+        res = run_loadgen(gen, args.duration + args.warmup + 180, on_marker)
+        if srv.proc.poll() is not None:
+            raise BenchError(f"{server_name} died during the run (exit {srv.proc.returncode}); "
+                             f"see {srv.logfile}")
+        start = marks.get("# measure-start")
+        end = marks.get("# measure-end")
+        if start and end and res["ops"]:
+            cpu_s = (end[1] - start[1]) / CLK_TCK
+            res["server_cpu_s"] = cpu_s
+            res["server_cpu_pct"] = 100.0 * cpu_s / max(end[0] - start[0], 1e-9)
+            res["cpu_us_per_op"] = cpu_s * 1e6 / res["ops"]
+            # Load on the two CPUs that is not ours (noisy neighbours) and steal time.
+            wall_ticks = max(end[0] - start[0], 1e-9) * CLK_TCK
+            for cpu, own in ((SERVER_CPU, res["server_cpu_pct"]),
+                             (GEN_CPU, res["gen_cpu_pct"])):
+                a, b = start[2].get("cpu" + cpu), end[2].get("cpu" + cpu)
+                if a and b:
+                    busy = 100.0 * (b[0] - a[0]) / wall_ticks
+                    res[f"cpu{cpu}_busy_pct"] = busy
+                    res[f"cpu{cpu}_steal_pct"] = 100.0 * (b[1] - a[1]) / wall_ticks
+                    res[f"cpu{cpu}_other_pct"] = max(0.0, busy - own) if args.pin else None
+        else:
+            res["server_cpu_s"] = res["server_cpu_pct"] = res["cpu_us_per_op"] = None
+        res["server"] = server_name
+        res["bench"] = wl.name
+        res["server_cmd"] = shlex.join(srv.cmd)
+        return res
+    finally:
+        srv.stop()
+
+
+# --------------------------------------------------------------------------
+# reporting
+
+
+METRICS = ("ops_per_s", "keys_per_s", "p50_us", "p99_us", "cpu_us_per_op",
+           "server_cpu_pct", "gen_cpu_pct", "hit_ratio", "errors",
+           "cpu0_other_pct", "cpu1_other_pct", "cpu0_steal_pct", "cpu1_steal_pct")
+
+
+def median_of(runs: list[dict], key: str):
+    vals = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(v, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def print_tables(results: dict, workloads: list[Workload], servers: list[str], rounds: int):
+    med = {}
+    for (wname, sname), runs in results.items():
+        med[(wname, sname)] = {k: median_of(runs, k) for k in METRICS}
+    label = " (median of %d rounds)" % rounds if rounds > 1 else ""
+    print()
+    print(f"### Results{label}")
+    print()
+    print("| workload | server | ops/s | keys/s | p50 µs | p99 µs | cpu µs/op | ratio vs memcached |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for wl in workloads:
+        base = med.get((wl.name, "memcached"), {}).get("ops_per_s")
+        for s in servers:
+            m = med.get((wl.name, s))
+            if m is None:
+                continue
+            ratio = (m["ops_per_s"] / base) if (base and m["ops_per_s"] is not None) else None
+            keys = fmt(m["keys_per_s"], ",.0f") if wl.multikey else "–"
+            print(f"| {wl.name} | {s} | {fmt(m['ops_per_s'], ',.0f')} | {keys} | "
+                  f"{fmt(m['p50_us'], '.0f')} | {fmt(m['p99_us'], '.0f')} | "
+                  f"{fmt(m['cpu_us_per_op'], '.2f')} | {fmt(ratio, '.2f')} |")
+    print()
+    print("Diagnostics (measurement window): CPU busy % of the server (cpu0) and the "
+          "generator (cpu1); 'other' = load on that CPU not from us (other processes, "
+          "interrupts), steal = time taken by the hypervisor; hit ratio of requested keys.")
+    print()
+    print("| workload | server | server cpu % | generator cpu % | other cpu0/cpu1 % | "
+          "steal cpu0/cpu1 % | hit ratio | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for wl in workloads:
+        for s in servers:
+            m = med.get((wl.name, s))
+            if m is None:
+                continue
+            hit = fmt(m["hit_ratio"], ".3f") if wl.preload else "–"
+            print(f"| {wl.name} | {s} | {fmt(m['server_cpu_pct'], '.0f')} | "
+                  f"{fmt(m['gen_cpu_pct'], '.0f')} | "
+                  f"{fmt(m['cpu0_other_pct'], '.0f')}/{fmt(m['cpu1_other_pct'], '.0f')} | "
+                  f"{fmt(m['cpu0_steal_pct'], '.0f')}/{fmt(m['cpu1_steal_pct'], '.0f')} | "
+                  f"{hit} | {fmt(m['errors'], '.0f')} |")
+    noisy = [k for k, m in med.items()
+             if max(m.get("cpu0_other_pct") or 0, m.get("cpu1_other_pct") or 0) > 15
+             or max(m.get("cpu0_steal_pct") or 0, m.get("cpu1_steal_pct") or 0) > 10]
+    if noisy:
+        print()
+        print(f"WARNING: {len(noisy)} of {len(med)} result rows had >15% foreign load or "
+              ">10% steal on the benchmark CPUs; those numbers are not trustworthy.")
+    print()
+    print("Workloads: " + "; ".join(f"{w.name} = {w.title}" for w in workloads) + ".")
+
+
+# --------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="measured seconds per run (default 10)")
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="unmeasured seconds before each measurement (default 2)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat; servers are interleaved per round and medians reported")
+    p.add_argument("--only", action="append", choices=SERVERS,
+                   help="run only this server (repeatable)")
+    p.add_argument("--workload", action="append", choices=list(WORKLOAD_BY_NAME),
+                   help="run only this workload (repeatable)")
+    p.add_argument("--server-cmd", default=None,
+                   help="trio-mc command; '{port}' is substituted, otherwise '-p PORT' "
+                        "is appended (default: python -m trio_mc serve -t 1 -m 1024 "
+                        "-l 127.0.0.1)")
+    p.add_argument("--memcached", default=shutil.which("memcached") or "/usr/bin/memcached",
+                   help="memcached binary")
+    p.add_argument("--conns", type=int, default=50, help="connections (default 50)")
+    p.add_argument("--keys", type=int, default=10000, help="key space (default 10000)")
+    p.add_argument("--ready-timeout", type=float, default=30.0,
+                   help="seconds to wait for a server to accept connections")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin with taskset (results are then not comparable)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="also write every individual run as JSON lines to this file")
+    p.add_argument("--rebuild", action="store_true", help="recompile the C programs")
+    args = p.parse_args(argv)
+    if not (0 < args.duration <= 3600) or not (0 <= args.warmup <= 600):
+        p.error("duration must be in (0, 3600], warmup in [0, 600]")
+    if not (1 <= args.rounds <= 100):
+        p.error("rounds must be in [1, 100]")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.pin:
+        if shutil.which("taskset") is None:
+            raise SystemExit("taskset not found (util-linux); use --no-pin to run unpinned")
+        cpus = os.sched_getaffinity(0)
+        if not {0, 1} <= cpus:
+            raise SystemExit(f"need CPUs 0 and 1 (have {sorted(cpus)}); use --no-pin")
+    servers = [s for s in SERVERS if not args.only or s in args.only]
+    workloads = [w for w in WORKLOADS if not args.workload or w.name in args.workload]
+    if "memcached" in servers and not Path(args.memcached).exists():
+        raise SystemExit(f"memcached not found at {args.memcached}")
+    bins = compile_programs(force=args.rebuild)
+
+    # SIGTERM behaves like Ctrl-C so that the finally blocks stop the servers
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+
+    results: dict[tuple[str, str], list[dict]] = {}
+    jf = open(args.json, "a") if args.json else None
+    failed = False
+    try:
+        for wl in workloads:
+            for rnd in range(args.rounds):
+                # interleave: rotate the server order every round
+                k = rnd % len(servers)
+                order = servers[k:] + servers[:k]
+                for s in order:
+                    tag = f"[{wl.name} round {rnd + 1}/{args.rounds}] {s}"
+                    try:
+                        res = measure(s, wl, args, bins)
+                    except BenchError as e:
+                        log(f"{tag}: FAILED: {e}")
+                        failed = True
+                        continue
+                    res["round"] = rnd + 1
+                    results.setdefault((wl.name, s), []).append(res)
+                    cpu = res["cpu_us_per_op"]
+                    log(f"{tag}: {res['ops_per_s']:,.0f} ops/s  p50 {res['p50_us']:.0f} µs  "
+                        f"p99 {res['p99_us']:.0f} µs  cpu "
+                        f"{'–' if cpu is None else f'{cpu:.2f}'} µs/op  "
+                        f"gen cpu {res['gen_cpu_pct']:.0f}%  errors {res['errors']}")
+                    if res["errors"]:
+                        failed = True
+                    if jf:
+                        jf.write(json.dumps(res) + "\n")
+                        jf.flush()
+    except KeyboardInterrupt:
+        log("interrupted; servers stopped")
+        print_tables(results, workloads, servers, args.rounds)
+        return 130
+    finally:
+        if jf:
+            jf.close()
+    print_tables(results, workloads, servers, args.rounds)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
