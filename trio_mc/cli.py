@@ -1,0 +1,387 @@
+"""The ``trio-mc`` command line: ``trio-mc serve`` takes memcached 1.6.18's flags.
+
+Existing scripts, init files and test harnesses start memcached with its own flags, so
+``serve`` accepts the same short and long options with the same meanings and defaults, and
+refuses bad values the way memcached does (a message on stderr, non-zero exit).
+"""
+
+from __future__ import annotations
+
+import getopt
+import sys
+from collections.abc import Sequence
+
+from trio_mc import MEMCACHED_VERSION, __version__
+from trio_mc.settings import Settings
+
+EX_USAGE = 64
+
+# memcached's getopt string and long options (1.6.18).
+_SHORT = "a:Ap:s:U:m:Mc:khiVrvdl:u:P:f:n:t:D:LR:Cb:B:I:SFXWY:e:o:N:Z"
+_LONG = [
+    "unix-mask=", "enable-shutdown", "port=", "unix-socket=", "udp-port=", "memory-limit=",
+    "disable-evictions", "conn-limit=", "lock-memory", "help", "license", "version",
+    "enable-coredumps", "verbose", "daemon", "listen=", "user=", "pidfile=",
+    "slab-growth-factor=", "slab-min-size=", "threads=", "enable-largepages",
+    "max-reqs-per-event=", "disable-cas", "listen-backlog=", "protocol=", "max-item-size=",
+    "enable-sasl", "disable-flush-all", "disable-dumping", "disable-watch", "auth-file=",
+    "memory-file=", "extended=", "napi-ids=", "enable-ssl",
+]
+_LONG_TO_SHORT = {
+    "unix-mask": "a", "enable-shutdown": "A", "port": "p", "unix-socket": "s", "udp-port": "U",
+    "memory-limit": "m", "disable-evictions": "M", "conn-limit": "c", "lock-memory": "k",
+    "help": "h", "license": "i", "version": "V", "enable-coredumps": "r", "verbose": "v",
+    "daemon": "d", "listen": "l", "user": "u", "pidfile": "P", "slab-growth-factor": "f",
+    "slab-min-size": "n", "threads": "t", "enable-largepages": "L", "max-reqs-per-event": "R",
+    "disable-cas": "C", "listen-backlog": "b", "protocol": "B", "max-item-size": "I",
+    "enable-sasl": "S", "disable-flush-all": "F", "disable-dumping": "X", "disable-watch": "W",
+    "auth-file": "Y", "memory-file": "e", "extended": "o", "napi-ids": "N", "enable-ssl": "Z",
+}
+
+HELP = f"""trio-mc {__version__} (memcached {MEMCACHED_VERSION} protocol)
+usage: trio-mc serve [memcached options]
+-p, --port=<num>          TCP port to listen on (default: 11211)
+-U, --udp-port=<num>      UDP port to listen on (default: 0, off; UDP is not served)
+-s, --unix-socket=<file>  UNIX socket to listen on (disables network support)
+-a, --unix-mask=<mask>    access mask for UNIX socket, in octal (default: 700)
+-A, --enable-shutdown     enable ascii "shutdown" command
+-l, --listen=<addr>       interface to listen on (default: 127.0.0.1; trio-mc
+                          differs from memcached here: use -l 0.0.0.0 to open it)
+-d, --daemon              run as a daemon
+-u, --user=<user>         assume identity of <username> (only when run as root)
+-m, --memory-limit=<num>  item memory in megabytes (default: 64)
+-M, --disable-evictions   return error on memory exhausted instead of evicting
+-c, --conn-limit=<num>    max simultaneous connections (default: 1024)
+-v, --verbose             verbose (print errors/warnings while in event loop)
+-vv                       very verbose (also print client commands/responses)
+-vvv                      extremely verbose (internal state transitions)
+-h, --help                print this help and exit
+-V, --version             print version and exit
+-P, --pidfile=<file>      save PID in <file>, only used with -d option
+-f, --slab-growth-factor=<num> chunk size growth factor (default: 1.25)
+-n, --slab-min-size=<bytes> min space used for key+value+flags (default: 48)
+-D <char>                 use <char> as the delimiter between key prefixes and IDs
+                          (turns on per-prefix stats, see "stats detail")
+-t, --threads=<num>       number of worker threads (default: 1, see README)
+-R, --max-reqs-per-event  maximum number of requests per event (default: 20)
+-C, --disable-cas         disable use of CAS
+-b, --listen-backlog=<num> set the backlog queue limit (default: 1024)
+-B, --protocol=<name>     protocol - one of ascii or auto (default: auto-negotiate)
+-I, --max-item-size=<num> adjusts max item size (default: 1m, min: 1k, max: 1024m)
+-F, --disable-flush-all   disable flush_all command
+-X, --disable-dumping     disable stats cachedump and lru_crawler metadump
+-W  --disable-watch       disable watch commands (live logging)
+-o, --extended            comma separated list of extended options
+   - maxconns_fast, no_maxconns_fast, hashpower=<n>, tail_repair_time=<s>,
+     hash_algorithm=<jenkins|murmur3|xxh3>, lru_crawler, no_lru_crawler,
+     lru_crawler_sleep=<us>, lru_crawler_tocrawl=<n>, lru_maintainer, no_lru_maintainer,
+     hot_lru_pct=<n>, warm_lru_pct=<n>, hot_max_factor=<f>, warm_max_factor=<f>,
+     temporary_ttl=<s>, idle_timeout=<s>, slab_chunk_max=<bytes>, slab_reassign,
+     no_slab_reassign, slab_automove=<0-2>, no_slab_automove, slab_automove_ratio=<f>,
+     slab_automove_window=<n>, watcher_logbuf_size=<kb>, worker_logbuf_size=<kb>,
+     track_sizes, no_hashexpand, modern, no_modern, read_buf_mem_limit=<mb>,
+     no_chunked_items, (no_)inline_ascii_resp, (no_)drop_privileges, relaxed_privileges
+"""
+
+
+class UsageError(Exception):
+    """A bad command line: the message is printed and the process exits non-zero."""
+
+
+def _int(opt: str, value: str) -> int:
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise UsageError(f"option {opt}: '{value}' is not a number") from None
+
+
+def _float(opt: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise UsageError(f"option {opt}: '{value}' is not a number") from None
+
+
+def _size(value: str) -> int:
+    """``-I``: bytes, with an optional k/m suffix."""
+    unit = value[-1:].lower()
+    if unit in ("k", "m"):
+        return _int("-I", value[:-1]) * (1024 if unit == "k" else 1024 * 1024)
+    return _int("-I", value)
+
+
+def _extended(s: Settings, spec: str, chunk_max_set: list[bool]) -> None:
+    """``-o a,b=c``: memcached's extended options."""
+    for item in spec.split(","):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+
+        def need(what: str = f"Missing argument for {name}") -> str:
+            if not value:
+                raise UsageError(what)
+            return value
+
+        if name == "maxconns_fast":
+            s.maxconns_fast = True
+        elif name == "no_maxconns_fast":
+            s.maxconns_fast = False
+        elif name == "hashpower":
+            n = _int(name, need(f"Missing numeric argument for hashpower"))
+            if n < 12:
+                raise UsageError(f"Initial hashtable multiplier of {n} is too low")
+            if n > 32:
+                raise UsageError(f"Initial hashtable multiplier of {n} is too high")
+            s.hashpower_init = n
+        elif name == "tail_repair_time":
+            n = _int(name, need())
+            if n < 10:
+                raise UsageError("Cannot set tail_repair_time to less than 10 seconds")
+            s.tail_repair_time = n
+        elif name == "hash_algorithm":
+            if need() not in ("jenkins", "murmur3", "xxh3"):
+                raise UsageError("Unknown hash_algorithm option (jenkins, murmur3, xxh3)")
+            s.hash_algorithm = value
+        elif name == "lru_crawler":
+            s.lru_crawler = True
+        elif name == "no_lru_crawler":
+            s.lru_crawler = False
+        elif name == "lru_crawler_sleep":
+            n = _int(name, need())
+            if not 0 <= n <= 1_000_000:
+                raise UsageError("LRU crawler sleep must be between 0 and 1 second")
+            s.lru_crawler_sleep = n
+        elif name == "lru_crawler_tocrawl":
+            s.lru_crawler_tocrawl = _int(name, need())
+        elif name == "lru_maintainer":
+            s.lru_maintainer_thread = s.lru_segmented = True
+        elif name == "no_lru_maintainer":
+            s.lru_maintainer_thread = s.lru_segmented = False
+        elif name in ("hot_lru_pct", "warm_lru_pct"):
+            n = _int(name, need())
+            if not 1 <= n < 80:
+                raise UsageError(f"{name} must be > 1 and < 80")
+            setattr(s, name, n)
+        elif name in ("hot_max_factor", "warm_max_factor"):
+            f = _float(name, need())
+            if f <= 0:
+                raise UsageError(f"{name} must be > 0")
+            setattr(s, name, f)
+        elif name == "temporary_ttl":
+            s.temp_lru = True
+            s.temporary_ttl = _int(name, need())
+        elif name == "idle_timeout":
+            s.idle_timeout = _int(name, need("Missing numeric argument for idle_timeout"))
+        elif name == "slab_chunk_max":
+            s.slab_chunk_size_max = _int(name, need())
+            chunk_max_set[0] = True
+        elif name == "no_chunked_items":
+            s.slab_chunk_size_max = 1024 * 1024
+        elif name == "slab_reassign":
+            s.slab_reassign = True
+        elif name == "no_slab_reassign":
+            s.slab_reassign = False
+        elif name == "slab_automove":
+            n = _int(name, value) if value else 1
+            if not 0 <= n <= 2:
+                raise UsageError("slab_automove must be between 0 and 2")
+            s.slab_automove = n
+        elif name == "no_slab_automove":
+            s.slab_automove = 0
+        elif name == "slab_automove_ratio":
+            f = _float(name, need())
+            if not 0 < f <= 1:
+                raise UsageError("slab_automove_ratio must be > 0 and < 1")
+            s.slab_automove_ratio = f
+        elif name == "slab_automove_window":
+            n = _int(name, need())
+            if n < 3:
+                raise UsageError("slab_automove_window must be > 2")
+            s.slab_automove_window = n
+        elif name == "watcher_logbuf_size":
+            s.logger_watcher_buf_size = _int(name, need()) * 1024
+        elif name == "worker_logbuf_size":
+            s.logger_buf_size = _int(name, need()) * 1024
+        elif name == "read_buf_mem_limit":
+            s.read_buf_mem_limit = _int(name, need()) * 1024 * 1024
+        elif name == "track_sizes":
+            s.track_sizes = True
+        elif name == "no_modern":
+            if not chunk_max_set[0]:
+                s.slab_chunk_size_max = 1024 * 1024
+            s.slab_reassign = False
+            s.slab_automove = 0
+            s.maxconns_fast = False
+            s.lru_segmented = False
+            s.hash_algorithm = "jenkins"
+            s.lru_crawler = False
+            s.lru_maintainer_thread = False
+        elif name == "drop_privileges":
+            s.drop_privileges = True
+        elif name == "no_drop_privileges":
+            s.drop_privileges = False
+        elif name in ("modern", "no_hashexpand", "inline_ascii_resp", "no_inline_ascii_resp",
+                      "relaxed_privileges", "resp_obj_mem_limit", "slab_sizes", "sock_cookie_id"):
+            pass  # accepted for compatibility; nothing to change in trio-mc
+        else:
+            raise UsageError(f'Illegal suboption "{item}"')
+
+
+def parse_serve_args(argv: Sequence[str]) -> Settings | str:
+    """Parse ``serve`` flags; returns settings, or text to print and exit 0 with (-h, -V)."""
+    s = Settings()
+    args = list(argv)
+    # memcached's --verbose takes an optional level; getopt cannot express that.
+    for i, arg in enumerate(args):
+        if arg.startswith("--verbose="):
+            s.verbose = _int("--verbose", arg.split("=", 1)[1])
+            args[i] = ""
+    args = [a for a in args if a]
+    try:
+        opts, rest = getopt.gnu_getopt(args, _SHORT, _LONG)
+    except getopt.GetoptError as exc:
+        raise UsageError(str(exc)) from None
+    if rest:
+        raise UsageError(f"unexpected argument '{rest[0]}'")
+    chunk_max_set = [False]
+    listen: list[str] = []
+    for opt, value in opts:
+        flag = _LONG_TO_SHORT[opt[2:]] if opt.startswith("--") else opt[1]
+        if flag == "h":
+            return HELP
+        if flag == "V":
+            return f"trio-mc {__version__} (memcached {MEMCACHED_VERSION} protocol)\n"
+        if flag == "i":
+            return "trio-mc is BSD-licensed, as memcached is.\n"
+        if flag == "p":
+            s.port = _int(opt, value)
+        elif flag == "U":
+            _int(opt, value)  # accepted; UDP is not served (stats settings says udpport 0)
+        elif flag == "s":
+            s.socketpath = value
+        elif flag == "a":
+            try:
+                s.access = int(value, 8)
+            except ValueError:
+                raise UsageError(f"option {opt}: '{value}' is not an octal mask") from None
+        elif flag == "A":
+            s.shutdown_command = True
+        elif flag == "l":
+            listen.extend(part for part in value.replace(";", ",").split(",") if part)
+        elif flag == "m":
+            s.maxbytes = _int(opt, value) * 1024 * 1024
+        elif flag == "M":
+            s.evict_to_free = False
+        elif flag == "c":
+            s.maxconns = _int(opt, value)
+            if s.maxconns <= 0:
+                raise UsageError("Maximum connections must be greater than 0")
+        elif flag == "t":
+            s.num_threads = _int(opt, value)
+            if s.num_threads <= 0:
+                raise UsageError("Number of threads must be greater than 0")
+        elif flag == "R":
+            s.reqs_per_event = _int(opt, value)
+            if s.reqs_per_event <= 0:
+                raise UsageError("Number of requests per event must be greater than 0")
+        elif flag == "f":
+            s.factor = _float(opt, value)
+            if s.factor <= 1.0:
+                raise UsageError("Factor must be greater than 1")
+        elif flag == "n":
+            s.chunk_size = _int(opt, value)
+            if s.chunk_size <= 0:
+                raise UsageError("Chunk size must be greater than 0")
+        elif flag == "I":
+            s.item_size_max = _size(value)
+        elif flag == "b":
+            s.backlog = _int(opt, value)
+        elif flag == "B":
+            if value == "auto":
+                s.binding_protocol = "auto-negotiate"
+            elif value == "ascii":
+                s.binding_protocol = "ascii"
+            elif value == "binary":
+                raise UsageError("the binary protocol is deprecated since memcached 1.6 and "
+                                 "not served by trio-mc: use -B ascii or auto")
+            else:
+                raise UsageError(f"Invalid value for binding protocol: {value}\n"
+                                 " -- should be one of auto, binary, or ascii")
+        elif flag == "C":
+            s.use_cas = False
+        elif flag == "F":
+            s.flush_enabled = False
+        elif flag == "X":
+            s.dump_enabled = False
+        elif flag == "W":
+            s.watch_enabled = False
+        elif flag == "v":
+            s.verbose += 1
+        elif flag == "u":
+            s.username = value
+        elif flag == "d":
+            s.daemonize = True
+        elif flag == "P":
+            s.pidfile = value
+        elif flag == "D":
+            if len(value) != 1:
+                raise UsageError("No delimiter specified")
+            s.prefix_delimiter = value
+            s.detail_enabled = True
+        elif flag == "o":
+            _extended(s, value, chunk_max_set)
+        elif flag in ("k", "r", "L"):
+            pass  # memory locking, core dumps, large pages: nothing to do in Python
+        else:  # S, Y, e, N, Z: SASL, auth file, memory file, NAPI, TLS
+            raise UsageError(f"option {opt} is not supported by trio-mc")
+    if listen:
+        s.inter = listen
+    _validate(s, chunk_max_set[0])
+    return s
+
+
+def _validate(s: Settings, chunk_max_set: bool) -> None:
+    """memcached's post-parse checks on sizes."""
+    if s.item_size_max < 1024:
+        raise UsageError("Item max size cannot be less than 1024 bytes.")
+    if s.item_size_max > s.maxbytes // 2:
+        raise UsageError("Cannot set item size limit higher than 1/2 of memory max.")
+    if s.item_size_max > 1024 * 1024 * 1024:
+        raise UsageError("Cannot set item size limit higher than a gigabyte.")
+    if s.item_size_max > 1024 * 1024 and not chunk_max_set:
+        s.slab_chunk_size_max = 512 * 1024
+    if s.slab_chunk_size_max <= 0:
+        raise UsageError("slab_chunk_max must be greater than 0")
+    if s.slab_chunk_size_max > s.item_size_max:
+        raise UsageError(f"slab_chunk_max (bytes: {s.slab_chunk_size_max}) cannot be larger "
+                         f"than -I (item_size_max {s.item_size_max})")
+    if s.item_size_max % s.slab_chunk_size_max:
+        raise UsageError(f"-I (item_size_max: {s.item_size_max}) must be evenly divisible by "
+                         f"slab_chunk_max (bytes: {s.slab_chunk_size_max})")
+    if (1024 * 1024) % s.slab_chunk_size_max:
+        raise UsageError(f"slab_chunk_max (bytes: {s.slab_chunk_size_max}) must divide evenly "
+                         "into 1048576 (slab_page_size)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: trio-mc serve [memcached options]   (trio-mc serve -h for the options)")
+        return 0 if args else EX_USAGE
+    if args[0] in ("-V", "--version"):
+        print(f"trio-mc {__version__} (memcached {MEMCACHED_VERSION} protocol)")
+        return 0
+    if args[0] != "serve":
+        print(f"trio-mc: unknown command '{args[0]}' (expected: serve)", file=sys.stderr)
+        return EX_USAGE
+    try:
+        parsed = parse_serve_args(args[1:])
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EX_USAGE
+    if isinstance(parsed, str):
+        sys.stdout.write(parsed)
+        return 0
+    from trio_mc.server.serve import run  # noqa: PLC0415 (keep -h fast and trio-free)
+
+    return run(parsed)

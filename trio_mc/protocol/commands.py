@@ -1,0 +1,143 @@
+"""The commands the parser produces: plain data, no behaviour.
+
+Each class is one request as memcached understands it after tokenizing and validating the
+command line (and reading its data block, for storage commands).  Values that depend on the
+server clock (exptime) are passed through as the client's raw integers; turning them into
+server time is the store's job, because the protocol layer has no clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class StoreMode(enum.IntEnum):
+    """memcached's ``NREAD_*`` modes: how a storage command treats an existing item."""
+
+    ADD = 1
+    SET = 2
+    REPLACE = 3
+    APPEND = 4
+    PREPEND = 5
+    CAS = 6
+
+
+@dataclass(slots=True)
+class Get:
+    """get/gets/gat/gats/bget.  ``exptime`` is set only for the touching variants."""
+
+    keys: list[bytes]
+    with_cas: bool
+    exptime: int | None = None
+
+
+@dataclass(slots=True)
+class Store:
+    """set/add/replace/append/prepend/cas with its data block (``data`` ends in ``\\r\\n``)."""
+
+    mode: StoreMode
+    key: bytes
+    flags: int
+    exptime: int
+    data: bytes
+    cas: int
+    noreply: bool
+
+
+@dataclass(slots=True)
+class TooLarge:
+    """A storage command whose item can never fit ``-I``; its data block is swallowed unread."""
+
+    mode: StoreMode
+    key: bytes
+    noreply: bool
+
+
+@dataclass(slots=True)
+class Delete:
+    key: bytes
+    noreply: bool
+
+
+@dataclass(slots=True)
+class Arith:
+    """incr/decr."""
+
+    key: bytes
+    incr: bool
+    delta: int
+    noreply: bool
+
+
+@dataclass(slots=True)
+class Touch:
+    key: bytes
+    exptime: int
+    noreply: bool
+
+
+@dataclass(slots=True)
+class FlushAll:
+    """``delay`` is ``None`` when the argument was not a number (the reply is an error)."""
+
+    delay: int | None
+    noreply: bool
+
+
+@dataclass(slots=True)
+class Verbosity:
+    level: int
+    noreply: bool
+
+
+@dataclass(slots=True)
+class MemLimit:
+    """cache_memlimit; ``megabytes`` is ``None`` for a non-numeric argument."""
+
+    megabytes: int | None
+    noreply: bool
+
+
+@dataclass(slots=True)
+class Shutdown:
+    """shutdown; ``mode`` is ``b""`` (immediate), ``b"graceful"`` or an invalid token."""
+
+    mode: bytes | None
+
+
+@dataclass(slots=True)
+class Stats:
+    """stats with its sub-command tokens (``args`` may be empty)."""
+
+    args: list[bytes]
+
+
+@dataclass(slots=True)
+class Version:
+    pass
+
+
+@dataclass(slots=True)
+class Quit:
+    """quit: send what is pending, then close; later pipelined commands are not run."""
+
+
+@dataclass(slots=True)
+class Close:
+    """Close without a reply (an HTTP request line, an over-long line)."""
+
+    reason: str
+
+
+@dataclass(slots=True)
+class Reply:
+    """A reply decided by the parser alone (``ERROR``, a ``CLIENT_ERROR`` for a bad line)."""
+
+    data: bytes
+
+
+Command = (
+    Get | Store | TooLarge | Delete | Arith | Touch | FlushAll | Verbosity | MemLimit
+    | Shutdown | Stats | Version | Quit | Close | Reply
+)

@@ -1,0 +1,351 @@
+"""Incremental, sans-IO parser for memcached's text protocol.
+
+Theory of operation
+-------------------
+:meth:`Parser.feed` takes whatever one ``recv`` returned and gives back every command that is
+now complete, in order, so the server can answer a whole pipelined batch with one ``send``.
+It never touches a socket or a clock.  The parser has the same three input states as a
+memcached connection:
+
+* ``conn_parse_cmd``: looking for a ``\\n``-terminated command line;
+* ``conn_nread``: a storage command was parsed and its ``<bytes>+2`` data block is being read;
+* ``conn_swallow``: a storage command was rejected (too large) and its data block is being
+  discarded as it streams in, without buffering it.
+
+Validation follows ``proto_text.c`` in 1.6.18 to the byte: memcached's tokenizer (spaces
+only, at most 23 tokens), token-count checks that answer a bare ``ERROR`` (the data line is
+then parsed as a command), ``CLIENT_ERROR`` strings, ``noreply`` (exactly the last token,
+silencing errors found after the line was tokenized), C number parsing with 32-bit
+truncation, and the 2048-byte line limit that closes the connection unless the line is a
+``get``/``gets``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from trio_mc.protocol import commands as cmd
+from trio_mc.protocol import replies
+from trio_mc.numbers import safe_strtol, safe_strtoul, safe_strtoull
+from trio_mc.sizes import item_total_size
+
+KEY_MAX_LENGTH = 250
+#: memcached tokenizes at most this many tokens; the rest of a line stays unsplit.
+MAX_TOKENS = 23
+#: Bytes without a newline after which a non-get line closes the connection.
+LINE_LIMIT = 2048
+_INT_MAX = (1 << 31) - 1
+
+_ERROR = cmd.Reply(replies.ERROR)
+_FORMAT = cmd.Reply(replies.CLIENT_ERROR_FORMAT)
+_EXPTIME = cmd.Reply(replies.CLIENT_ERROR_EXPTIME)
+_DELTA = cmd.Reply(replies.CLIENT_ERROR_DELTA)
+_BAD_CHUNK = cmd.Reply(replies.CLIENT_ERROR_BAD_CHUNK)
+_DELETE_USAGE = cmd.Reply(replies.CLIENT_ERROR_DELETE_USAGE)
+_MN = cmd.Reply(replies.MN)
+_NOREPLY = b"noreply"
+
+
+class Parser:
+    """Turns a byte stream into :mod:`~trio_mc.protocol.commands` objects.
+
+    Args:
+      item_size_max: ``-I``; larger storage commands are answered without buffering data.
+      use_cas: whether CAS is on (``-C`` off); the 8-byte CAS field counts toward ``-I``.
+    """
+
+    __slots__ = (
+        "_buf", "_pos", "_search_from", "_pending", "_parts", "_have", "_swallow",
+        "closed", "item_size_max", "use_cas",
+    )
+
+    def __init__(self, *, item_size_max: int = 1024 * 1024, use_cas: bool = True) -> None:
+        self.item_size_max = item_size_max
+        self.use_cas = use_cas
+        self._buf = b""
+        self._pos = 0
+        self._search_from = 0  # where the newline search resumes in an unterminated line
+        # A storage command waiting for its data block: (mode, key, flags, exptime, cas,
+        # noreply, bytes needed including "\r\n").
+        self._pending: tuple[cmd.StoreMode, bytes, int, int, int, bool, int] | None = None
+        self._parts: list[bytes] = []  # pieces of a data block still arriving
+        self._have = 0
+        self._swallow = 0  # bytes of a rejected data block still to discard
+        self.closed = False  # after quit or a fatal line: ignore everything
+
+    @property
+    def state(self) -> str:
+        """memcached's name for what the parser is waiting for (for ``stats conns``)."""
+        if self._pending is not None:
+            return "conn_nread"
+        if self._swallow:
+            return "conn_swallow"
+        return "conn_parse_cmd" if self._pos < len(self._buf) else "conn_waiting"
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete command (a data block being collected included)."""
+        return len(self._buf) - self._pos + self._have
+
+    def feed(self, data: bytes) -> list[cmd.Command]:
+        """Add the bytes of one read; return every command completed by them, in order."""
+        out: list[cmd.Command] = []
+        if self.closed:
+            return out
+        if self._swallow:
+            taken = min(self._swallow, len(data))
+            self._swallow -= taken
+            if self._swallow:
+                return out
+            data = data[taken:]
+        if self._pending is not None:
+            # Collect a data block without re-copying the buffer on every read.
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._pending[6]:
+                return out
+            buf = b"".join(self._parts)
+            self._parts = []
+            self._have = 0
+        elif self._pos < len(self._buf):
+            buf = self._buf[self._pos:] + data
+        else:
+            buf = data
+        pos = 0
+        end_of_buf = len(buf)
+        while pos < end_of_buf:
+            pending = self._pending
+            if pending is not None:
+                need = pending[6]
+                if end_of_buf - pos < need:
+                    self._parts = [buf[pos:]]
+                    self._have = end_of_buf - pos
+                    self._buf = b""
+                    self._pos = 0
+                    return out
+                block = buf[pos:pos + need]
+                pos += need
+                self._pending = None
+                mode, key, flags, exptime, cas, noreply, _ = pending
+                if block.endswith(b"\r\n"):
+                    out.append(cmd.Store(mode, key, flags, exptime, block, cas, noreply))
+                elif not noreply:
+                    out.append(_BAD_CHUNK)
+                continue
+            nl = buf.find(b"\n", pos + self._search_from)
+            if nl < 0:
+                if end_of_buf - pos > LINE_LIMIT and not _is_multiget_prefix(buf, pos):
+                    out.append(cmd.Close("line too long"))
+                    self.closed = True
+                    break
+                self._search_from = end_of_buf - pos
+                break
+            self._search_from = 0
+            end = nl - 1 if nl - pos > 1 and buf[nl - 1] == 13 else nl
+            command = self._parse_line(buf[pos:end])
+            pos = nl + 1
+            if command is not None:
+                out.append(command)
+                if self.closed:
+                    break
+            if self._swallow:
+                taken = min(self._swallow, end_of_buf - pos)
+                pos += taken
+                self._swallow -= taken
+        if self.closed:
+            self._buf = b""
+            self._pos = 0
+        else:
+            self._buf = buf
+            self._pos = pos
+        return out
+
+    # -- command lines ---------------------------------------------------------------------
+
+    def _parse_line(self, line: bytes) -> cmd.Command | None:
+        if b"\0" in line:  # memcached works on a C string: a NUL ends the command
+            line = line[: line.index(b"\0")]
+        tokens = line.split(b" ")
+        if b"" in tokens:
+            tokens = [t for t in tokens if t]
+        if not tokens or len(tokens[0]) < 2:
+            return _ERROR
+        handler = _HANDLERS.get(tokens[0])
+        if handler is None:
+            return _unknown(tokens)
+        if len(tokens) > MAX_TOKENS and handler not in _UNBOUNDED:
+            # memcached would see 23 tokens plus an unsplit remainder: too many for any
+            # command but the get family.
+            tokens = tokens[:MAX_TOKENS] + [b""]
+        return handler(self, tokens)
+
+    def _get(self, tokens: list[bytes], with_cas: bool, touch: bool) -> cmd.Command:
+        if len(tokens) < 2:
+            return _ERROR
+        exptime = None
+        keys = tokens[1:]
+        if touch:
+            exptime = safe_strtol(tokens[1])
+            if exptime is None:
+                return _EXPTIME
+            keys = tokens[2:]
+        for key in keys:
+            if len(key) > KEY_MAX_LENGTH:
+                return _FORMAT
+        return cmd.Get(keys, with_cas, exptime)
+
+    def _store(self, tokens: list[bytes], mode: cmd.StoreMode) -> cmd.Command | None:
+        base = 6 if mode is cmd.StoreMode.CAS else 5
+        ntok = len(tokens)
+        if ntok != base and ntok != base + 1:
+            return _ERROR
+        noreply = tokens[-1] == _NOREPLY
+        key = tokens[1]
+        if len(key) > KEY_MAX_LENGTH:
+            return None if noreply else _FORMAT
+        flags = safe_strtoul(tokens[2])
+        exptime = safe_strtol(tokens[3])
+        vlen = safe_strtol(tokens[4])
+        if flags is None or exptime is None or vlen is None:
+            return None if noreply else _FORMAT
+        cas = 0
+        if base == 6:
+            cas_value = safe_strtoull(tokens[5])
+            if cas_value is None:
+                return None if noreply else _FORMAT
+            cas = cas_value
+        if vlen < 0 or vlen > _INT_MAX - 2:
+            return None if noreply else _FORMAT
+        need = vlen + 2
+        if item_total_size(len(key), flags, need, self.use_cas) > self.item_size_max:
+            self._swallow = need
+            return cmd.TooLarge(mode, key, noreply)
+        self._pending = (mode, key, flags, exptime, cas, noreply, need)
+        return None
+
+    def _arith(self, tokens: list[bytes], incr: bool) -> cmd.Command | None:
+        if len(tokens) not in (3, 4):
+            return _ERROR
+        noreply = tokens[-1] == _NOREPLY
+        if len(tokens[1]) > KEY_MAX_LENGTH:
+            return None if noreply else _FORMAT
+        delta = safe_strtoull(tokens[2])
+        if delta is None:
+            return None if noreply else _DELTA
+        return cmd.Arith(tokens[1], incr, delta, noreply)
+
+    def _touch(self, tokens: list[bytes]) -> cmd.Command | None:
+        if len(tokens) not in (3, 4):
+            return _ERROR
+        noreply = tokens[-1] == _NOREPLY
+        if len(tokens[1]) > KEY_MAX_LENGTH:
+            return None if noreply else _FORMAT
+        exptime = safe_strtol(tokens[2])
+        if exptime is None:
+            return None if noreply else _EXPTIME
+        return cmd.Touch(tokens[1], exptime, noreply)
+
+    def _delete(self, tokens: list[bytes]) -> cmd.Command | None:
+        ntok = len(tokens)
+        if ntok < 2 or ntok > 4:
+            return _ERROR
+        noreply = False
+        if ntok > 2:
+            # "delete <key> 0" is accepted for old clients; any other hold time is refused.
+            hold_is_zero = tokens[2] == b"0"
+            noreply = tokens[-1] == _NOREPLY
+            if not ((ntok == 3 and (hold_is_zero or noreply)) or (ntok == 4 and hold_is_zero and noreply)):
+                return None if noreply else _DELETE_USAGE
+        if len(tokens[1]) > KEY_MAX_LENGTH:
+            return None if noreply else _FORMAT
+        return cmd.Delete(tokens[1], noreply)
+
+    def _flush_all(self, tokens: list[bytes]) -> cmd.Command:
+        ntok = len(tokens)
+        if ntok > 3:
+            return _ERROR
+        noreply = tokens[-1] == _NOREPLY
+        delay: int | None = 0
+        if ntok != (2 if noreply else 1):
+            delay = safe_strtol(tokens[1])
+        return cmd.FlushAll(delay, noreply)
+
+    def _verbosity(self, tokens: list[bytes]) -> cmd.Command | None:
+        if len(tokens) not in (2, 3):
+            return _ERROR
+        noreply = tokens[-1] == _NOREPLY
+        level = safe_strtoul(tokens[1])
+        if level is None:
+            return None if noreply else _FORMAT
+        return cmd.Verbosity(level, noreply)
+
+    def _memlimit(self, tokens: list[bytes]) -> cmd.Command:
+        if len(tokens) not in (2, 3):
+            return _ERROR
+        return cmd.MemLimit(safe_strtoul(tokens[1]), tokens[-1] == _NOREPLY)
+
+    def _shutdown(self, tokens: list[bytes]) -> cmd.Command:
+        if len(tokens) == 1:
+            return cmd.Shutdown(b"")
+        if len(tokens) == 2 and tokens[1] == b"graceful":
+            return cmd.Shutdown(b"graceful")
+        return cmd.Shutdown(None)
+
+    def _quit(self, tokens: list[bytes]) -> cmd.Command:
+        self.closed = True
+        return cmd.Quit()
+
+
+_Handler = Callable[[Parser, list[bytes]], "cmd.Command | None"]
+
+_HANDLERS: dict[bytes, _Handler] = {
+    b"get": lambda p, t: p._get(t, False, False),
+    b"bget": lambda p, t: p._get(t, False, False),
+    b"gets": lambda p, t: p._get(t, True, False),
+    b"gat": lambda p, t: p._get(t, False, True),
+    b"gats": lambda p, t: p._get(t, True, True),
+    b"set": lambda p, t: p._store(t, cmd.StoreMode.SET),
+    b"add": lambda p, t: p._store(t, cmd.StoreMode.ADD),
+    b"replace": lambda p, t: p._store(t, cmd.StoreMode.REPLACE),
+    b"append": lambda p, t: p._store(t, cmd.StoreMode.APPEND),
+    b"prepend": lambda p, t: p._store(t, cmd.StoreMode.PREPEND),
+    b"cas": lambda p, t: p._store(t, cmd.StoreMode.CAS),
+    b"incr": lambda p, t: p._arith(t, True),
+    b"decr": lambda p, t: p._arith(t, False),
+    b"touch": Parser._touch,
+    b"delete": Parser._delete,
+    b"flush_all": Parser._flush_all,
+    b"verbosity": Parser._verbosity,
+    b"cache_memlimit": Parser._memlimit,
+    b"shutdown": Parser._shutdown,
+    b"quit": Parser._quit,
+    b"version": lambda p, t: cmd.Version(),
+    b"stats": lambda p, t: cmd.Stats(t[1:]),
+    b"mn": lambda p, t: _MN,
+}
+_UNBOUNDED = {_HANDLERS[name] for name in (b"get", b"bget", b"gets", b"gat", b"gats")}
+
+# Command names memcached dispatches on their first byte; an unknown name in these families
+# is a plain ERROR, anywhere else a trailing "HTTP/..." token closes the connection.
+_FAMILIES = frozenset(b"gsacidt")
+
+
+def _unknown(tokens: list[bytes]) -> cmd.Command:
+    name = tokens[0]
+    if (name[0] == 0x6D and len(name) == 2) or name[0] in _FAMILIES:  # 0x6D: 'm'
+        return _ERROR
+    last = tokens[min(len(tokens), MAX_TOKENS) - 1]
+    if last.startswith(b"HTTP/"):
+        return cmd.Close("HTTP request")
+    return _ERROR
+
+
+def _is_multiget_prefix(buf: bytes, pos: int) -> bool:
+    """Whether an unterminated line may grow without bound (a long get/gets)."""
+    start = pos
+    limit = min(len(buf), pos + 101)
+    while start < limit and buf[start] == 0x20:
+        start += 1
+    if start - pos > 100:
+        return False
+    return buf.startswith(b"get ", start) or buf.startswith(b"gets ", start)

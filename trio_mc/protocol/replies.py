@@ -1,0 +1,67 @@
+"""Reply bytes, exactly as memcached 1.6.18 writes them.
+
+Every reply the server sends is built here, so the wire format lives in one file.  Fixed
+replies are module constants (no per-command allocation); variable ones are small functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+STORED = b"STORED\r\n"
+NOT_STORED = b"NOT_STORED\r\n"
+EXISTS = b"EXISTS\r\n"
+NOT_FOUND = b"NOT_FOUND\r\n"
+DELETED = b"DELETED\r\n"
+TOUCHED = b"TOUCHED\r\n"
+END = b"END\r\n"
+OK = b"OK\r\n"
+RESET = b"RESET\r\n"
+ERROR = b"ERROR\r\n"
+MN = b"MN\r\n"
+
+CLIENT_ERROR_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
+CLIENT_ERROR_EXPTIME = b"CLIENT_ERROR invalid exptime argument\r\n"
+CLIENT_ERROR_DELTA = b"CLIENT_ERROR invalid numeric delta argument\r\n"
+CLIENT_ERROR_NON_NUMERIC = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+CLIENT_ERROR_BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
+CLIENT_ERROR_DELETE_USAGE = (
+    b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n"
+)
+CLIENT_ERROR_FLUSH_DISABLED = b"CLIENT_ERROR flush_all not allowed\r\n"
+CLIENT_ERROR_SHUTDOWN_MODE = b"CLIENT_ERROR invalid shutdown mode\r\n"
+CLIENT_ERROR_STATS_DETAIL = b"CLIENT_ERROR usage: stats detail on|off|dump\r\n"
+CLIENT_ERROR_CACHEDUMP_DISABLED = b"CLIENT_ERROR stats cachedump not allowed\r\n"
+CLIENT_ERROR_BAD_LINE = b"CLIENT_ERROR bad command line\r\n"
+SERVER_ERROR_TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+SERVER_ERROR_NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
+SERVER_ERROR_OOM = b"SERVER_ERROR out of memory\r\n"
+SHUTDOWN_DISABLED = b"ERROR: shutdown not enabled\r\n"
+MEMLIMIT_TOO_SMALL = b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n"
+MEMLIMIT_NOT_BYTES = b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n"
+TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
+
+
+def value_header(key: bytes, flags: int, nbytes: int) -> bytes:
+    """``VALUE <key> <flags> <bytes>\\r\\n`` for get/gat."""
+    return b"VALUE %b %d %d\r\n" % (key, flags, nbytes)
+
+
+def value_header_cas(key: bytes, flags: int, nbytes: int, cas: int) -> bytes:
+    """``VALUE <key> <flags> <bytes> <cas>\\r\\n`` for gets/gats."""
+    return b"VALUE %b %d %d %d\r\n" % (key, flags, nbytes, cas)
+
+
+def number(value: int) -> bytes:
+    """The reply to a successful incr/decr."""
+    return b"%d\r\n" % value
+
+
+def version(text: str) -> bytes:
+    return b"VERSION %s\r\n" % text.encode()
+
+
+def stat_lines(stats: Iterable[tuple[str, object]], *, end: bool = True) -> bytes:
+    """``STAT <name> <value>`` lines, then ``END`` (memcached's ``APPEND_STAT``)."""
+    body = b"".join(b"STAT %s %s\r\n" % (name.encode(), str(value).encode()) for name, value in stats)
+    return body + END if end else body

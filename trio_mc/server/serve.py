@@ -1,0 +1,239 @@
+"""The server's main loop: listeners, the acceptor, worker supervision and shutdown.
+
+Nursery tree (memcached's main thread plus its workers)::
+
+    trio.run(serve)                      main thread
+      nursery
+        Worker.supervise  x N            each owns a thread running its own trio.run
+        accept_loop       x listeners    accept, check -c, hand the socket round-robin
+        signal watcher                   SIGINT/SIGTERM/SIGUSR1 -> stop
+
+With ``threads=0`` there are no workers: connections run in the acceptor's own loop, so a
+test can drive the whole server under one ``MockClock``.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import resource
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+
+import trio
+
+from trio_mc.server.state import Listener, ServerState
+from trio_mc.server.worker import Worker, describe, serve_socket
+from trio_mc.settings import Settings
+from trio_mc.store.clock import Clock
+from trio_mc.store.slabs import SlabClasses
+from trio_mc.store.store import Store
+
+#: accept() errors that mean "out of descriptors or memory right now": back off, retry.
+ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_BACKOFF = 0.1
+
+
+def make_store(settings: Settings, clock: Clock | None = None) -> Store:
+    """The store configured from the command line."""
+    return Store(
+        clock=clock,
+        maxbytes=settings.maxbytes,
+        use_cas=settings.use_cas,
+        evict=settings.evict_to_free,
+        slabs=SlabClasses(settings.factor, settings.chunk_size, settings.slab_chunk_size_max),
+        lru_segmented=settings.lru_segmented,
+        item_size_max=settings.item_size_max,
+    )
+
+
+def open_listeners(settings: Settings) -> list[socket.socket]:
+    """Bind every ``-l`` address (or the ``-s`` unix socket), as memcached does at start."""
+    socks: list[socket.socket] = []
+    if settings.socketpath:
+        path = settings.socketpath
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(~settings.access & 0o777)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(settings.backlog)
+        return [sock]
+    if settings.port == 0:
+        return socks
+    for spec in settings.inter:
+        host, port = spec, settings.port
+        if spec.startswith("[") and "]" in spec:  # [v6]:port
+            host, _, rest = spec[1:].partition("]")
+            if rest.startswith(":"):
+                port = int(rest[1:])
+        elif spec.count(":") == 1:
+            host, port_text = spec.split(":")
+            port = int(port_text)
+        host_or_none = None if host in ("*", "") else host
+        port = 0 if port == -1 else port
+        infos = socket.getaddrinfo(host_or_none, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE)
+        for family, type_, proto, _, addr in infos:
+            sock = socket.socket(family, type_, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(settings.backlog)
+            socks.append(sock)
+    return socks
+
+
+async def accept_loop(listener: trio.socket.SocketType, state: ServerState,
+                      dispatch: Callable[[socket.socket, str], None]) -> None:
+    """memcached's ``conn_listening`` state: accept, apply ``-c``, hand off."""
+    settings = state.settings
+    listen_addr = describe(listener, peer=False)  # type: ignore[arg-type]
+    while True:
+        try:
+            tsock, _ = await listener.accept()
+        except OSError as exc:
+            if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                if settings.verbose:
+                    print("Too many open connections", file=sys.stderr)
+                await trio.sleep(ACCEPT_BACKOFF)
+                continue
+            raise
+        sock = socket.socket(fileno=tsock.detach())
+        # memcached's maxconns_fast rule: the new descriptor's number decides.
+        if settings.maxconns_fast and sock.fileno() >= settings.maxconns - 1:
+            with state.lock:
+                state.rejected_conns += 1
+            try:
+                sock.setblocking(False)
+                sock.send(b"ERROR Too many open connections\r\n")
+            except OSError:
+                pass
+            sock.close()
+            continue
+        dispatch(sock, listen_addr)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    threads: int | None = None,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[ServerState] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled, a ``shutdown`` command, or (``handle_signals``) a signal.
+
+    Args:
+      threads: worker threads; ``None`` means ``settings.num_threads``, 0 runs every
+        connection in this loop.
+      task_status: receives the :class:`ServerState` once listeners accept connections
+        (``state.listeners`` tells the bound addresses, e.g. for port 0).
+    """
+    state = ServerState(settings, store or make_store(settings))
+    socks = open_listeners(settings)
+    listeners = [trio.socket.from_stdlib_socket(sock) for sock in socks]
+    state.listeners = [Listener(sock.fileno(), describe(sock, peer=False)) for sock in socks]
+    token = trio.lowlevel.current_trio_token()
+    nthreads = settings.num_threads if threads is None else threads
+    try:
+        async with trio.open_nursery() as nursery:
+            state.request_shutdown = lambda graceful: token.run_sync_soon(nursery.cancel_scope.cancel)
+            if nthreads:
+                workers = [Worker(i, state) for i in range(nthreads)]
+                for worker in workers:
+                    await nursery.start(worker.supervise)
+                ring = itertools.cycle(workers)
+
+                def dispatch(sock: socket.socket, listen_addr: str) -> None:
+                    next(ring).dispatch(sock, listen_addr)
+            else:
+                tstats = state.new_thread_stats()
+
+                def dispatch(sock: socket.socket, listen_addr: str) -> None:
+                    nursery.start_soon(serve_socket, sock, listen_addr, state, tstats)
+            if handle_signals:
+                nursery.start_soon(_watch_signals, state, nursery.cancel_scope)
+            for listener in listeners:
+                nursery.start_soon(accept_loop, listener, state, dispatch)
+            task_status.started(state)
+    finally:
+        for listener in listeners:
+            listener.close()
+        if settings.socketpath:
+            try:
+                os.unlink(settings.socketpath)
+            except OSError:
+                pass
+
+
+async def _watch_signals(state: ServerState, scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+        async for signum in signals:
+            if state.settings.verbose:
+                print(f"Signal handled: {signal.Signals(signum).name}.", file=sys.stderr)
+            scope.cancel()
+            return
+
+
+def _raise_fd_limit(maxconns: int) -> None:
+    """memcached raises RLIMIT_NOFILE so that ``-c`` connections can really be open."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = maxconns + 64
+    if soft < want:
+        new_soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _drop_privileges(username: str) -> None:
+    import pwd  # noqa: PLC0415 (POSIX only)
+
+    if os.getuid() != 0 or username == "root":
+        return
+    entry = pwd.getpwnam(username)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+
+
+def run(settings: Settings) -> int:
+    """The ``trio-mc serve`` process: set up, serve, exit cleanly on a signal."""
+    _raise_fd_limit(settings.maxconns)
+    if settings.daemonize:
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+    if settings.pidfile:
+        with open(settings.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    if settings.username:
+        try:
+            _drop_privileges(settings.username)
+        except (KeyError, OSError) as exc:
+            print(f"can't run as {settings.username}: {exc}", file=sys.stderr)
+            return 71  # EX_OSERR
+    try:
+        trio.run(lambda: serve(settings, handle_signals=threading.current_thread() is threading.main_thread()))
+    except OSError as exc:
+        print(f"failed to listen: {exc}", file=sys.stderr)
+        return 71
+    finally:
+        if settings.pidfile:
+            try:
+                os.unlink(settings.pidfile)
+            except OSError:
+                pass
+    return 0

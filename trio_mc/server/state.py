@@ -1,0 +1,86 @@
+"""State shared by the acceptor and every worker: memcached's ``settings``/``stats_state``.
+
+Counters that only one thread writes (bytes read, yields...) live in a :class:`ThreadStats`
+per worker, as memcached's ``thread_stats`` do, and are summed when ``stats`` is asked for.
+Connection counts change from several threads and are kept under a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from trio_mc.settings import Settings
+from trio_mc.store.store import Store
+
+if TYPE_CHECKING:
+    from trio_mc.server.conn import Conn
+
+
+class ThreadStats:
+    """Per-worker counters; written only by the owning worker thread."""
+
+    FIELDS = ("bytes_read", "bytes_written", "cmd_flush", "cmd_meta", "conn_yields", "idle_kicks")
+    __slots__ = FIELDS
+
+    def __init__(self) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, 0)
+
+
+@dataclass(slots=True)
+class Listener:
+    """A listening socket as ``stats conns`` shows it."""
+
+    fd: int
+    addr: str  # "tcp:127.0.0.1:11211" or "unix:/path"
+
+
+@dataclass
+class ServerState:
+    """Everything a connection may need beyond its own socket."""
+
+    settings: Settings
+    store: Store
+    started_wall: float = field(default_factory=time.time)
+    thread_stats: list[ThreadStats] = field(default_factory=list)
+    listeners: list[Listener] = field(default_factory=list)
+    conns: dict[int, Conn] = field(default_factory=dict)  # fd -> live client connection
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    curr_conns: int = 0
+    total_conns: int = 0
+    rejected_conns: int = 0
+    max_conns_seen: int = 0
+    accepting: bool = True
+    #: Set by the server: ask for a shutdown (``True`` for graceful), from any thread.
+    request_shutdown: Callable[[bool], None] = lambda graceful: None
+    pid: int = field(default_factory=os.getpid)
+
+    def new_thread_stats(self) -> ThreadStats:
+        stats = ThreadStats()
+        self.thread_stats.append(stats)
+        return stats
+
+    def conn_opened(self, conn: Conn) -> None:
+        with self.lock:
+            self.curr_conns += 1
+            self.total_conns += 1
+            self.max_conns_seen = max(self.max_conns_seen, self.curr_conns)
+            self.conns[conn.fd] = conn
+
+    def conn_closed(self, conn: Conn) -> None:
+        with self.lock:
+            self.curr_conns -= 1
+            if self.conns.get(conn.fd) is conn:
+                del self.conns[conn.fd]
+
+    def thread_totals(self) -> ThreadStats:
+        total = ThreadStats()
+        for stats in list(self.thread_stats):
+            for name in ThreadStats.FIELDS:
+                setattr(total, name, getattr(total, name) + getattr(stats, name))
+        return total

@@ -1,0 +1,320 @@
+"""``stats`` and its sub-commands, rendered as memcached 1.6.18 renders them.
+
+Names, order and formats are memcached's, because monitoring tools (memcached-tool,
+Prometheus exporters, dashboards) parse them.  Values are real where trio-mc has the
+concept; where it has none (libevent, NAPI, extstore) memcached's idle value is reported.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from trio_mc import MEMCACHED_VERSION
+from trio_mc.numbers import safe_strtoul
+from trio_mc.protocol import replies
+from trio_mc.settings import settings_stats
+from trio_mc.store.slabs import SLAB_PAGE_SIZE
+from trio_mc.store.store import ClassStats
+
+if TYPE_CHECKING:
+    from trio_mc.server.state import ServerState
+
+#: memcached's reserved file descriptors, reported as-is and used by the maxconns rule.
+RESERVED_FDS = 20
+
+_Stats = list[tuple[str, object]]
+
+
+def _rusage(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole}.{int((seconds - whole) * 1_000_000):06d}"
+
+
+def general(state: ServerState) -> _Stats:
+    """Plain ``stats``: 92 keys, or 83 with no_lru_crawler and no_lru_maintainer."""
+    s = state.settings
+    store = state.store
+    st = store.stats
+    t = state.thread_totals()
+    now = store.clock.now()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    classes = store.class_stats
+    hashpower = s.hashpower_init or 16
+    nlisteners = len(state.listeners)
+
+    def total(name: str) -> int:
+        return sum(getattr(c, name) for c in classes)
+
+    out: _Stats = [
+        ("pid", state.pid),
+        ("uptime", now - 60),
+        ("time", now + store.clock.process_started),
+        ("version", MEMCACHED_VERSION),
+        ("libevent", f"trio-{trio.__version__}"),
+        ("pointer_size", 64),
+        ("rusage_user", _rusage(usage.ru_utime)),
+        ("rusage_system", _rusage(usage.ru_stime)),
+        ("max_connections", s.maxconns),
+        ("curr_connections", state.curr_conns + nlisteners - 1),
+        ("total_connections", state.total_conns + nlisteners),
+        ("rejected_connections", state.rejected_conns),
+        ("connection_structures", state.max_conns_seen + nlisteners),
+        ("response_obj_oom", 0),
+        ("response_obj_count", 1),
+        ("response_obj_bytes", 65536),
+        ("read_buf_count", 8),
+        ("read_buf_bytes", 131072),
+        ("read_buf_bytes_free", 49152),
+        ("read_buf_oom", 0),
+        ("reserved_fds", RESERVED_FDS),
+        ("cmd_get", st.get_cmds),
+        ("cmd_set", total("cmd_set")),
+        ("cmd_flush", t.cmd_flush),
+        ("cmd_touch", st.touch_cmds),
+        ("cmd_meta", t.cmd_meta),
+        ("get_hits", total("get_hits")),
+        ("get_misses", st.get_misses),
+        ("get_expired", st.get_expired),
+        ("get_flushed", st.get_flushed),
+        ("delete_misses", st.delete_misses),
+        ("delete_hits", total("delete_hits")),
+        ("incr_misses", st.incr_misses),
+        ("incr_hits", total("incr_hits")),
+        ("decr_misses", st.decr_misses),
+        ("decr_hits", total("decr_hits")),
+        ("cas_misses", st.cas_misses),
+        ("cas_hits", total("cas_hits")),
+        ("cas_badval", total("cas_badval")),
+        ("touch_hits", total("touch_hits")),
+        ("touch_misses", st.touch_misses),
+        ("store_too_large", st.store_too_large),
+        ("store_no_memory", st.store_no_memory),
+        ("auth_cmds", 0),
+        ("auth_errors", 0),
+    ]
+    if s.idle_timeout:
+        out.append(("idle_kicks", t.idle_kicks))
+    out += [
+        ("bytes_read", t.bytes_read),
+        ("bytes_written", t.bytes_written),
+        ("limit_maxbytes", s.maxbytes),
+        ("accepting_conns", 1 if state.accepting else 0),
+        ("listen_disabled_num", 0),
+        ("time_in_listen_disabled_us", 0),
+        ("threads", s.num_threads),
+        ("conn_yields", t.conn_yields),
+        ("hash_power_level", hashpower),
+        ("hash_bytes", 8 << hashpower),
+        ("hash_is_expanding", 0),
+        ("slab_reassign_rescues", 0),
+        ("slab_reassign_chunk_rescues", 0),
+        ("slab_reassign_evictions_nomem", 0),
+        ("slab_reassign_inline_reclaim", 0),
+        ("slab_reassign_busy_items", 0),
+        ("slab_reassign_busy_deletes", 0),
+        ("slab_reassign_running", 0),
+        ("slabs_moved", 0),
+    ]
+    if s.lru_crawler:
+        out += [("lru_crawler_running", 0), ("lru_crawler_starts", 0)]
+    if s.lru_maintainer_thread:
+        out.append(("lru_maintainer_juggles", 0))
+    out += [
+        ("malloc_fails", 0),
+        ("log_worker_dropped", 0),
+        ("log_worker_written", 0),
+        ("log_watcher_skipped", 0),
+        ("log_watcher_sent", 0),
+        ("log_watchers", 0),
+        ("unexpected_napi_ids", 0),
+        ("round_robin_fallback", 0),
+        ("bytes", store.bytes),
+        ("curr_items", store.curr_items),
+        ("total_items", st.total_items),
+        ("slab_global_page_pool", 0),
+        ("expired_unfetched", st.expired_unfetched),
+        ("evicted_unfetched", st.evicted_unfetched),
+    ]
+    if s.lru_maintainer_thread:
+        out.append(("evicted_active", 0))
+    out += [
+        ("evictions", st.evictions),
+        ("reclaimed", st.reclaimed),
+        ("crawler_reclaimed", 0),
+        ("crawler_items_checked", 0),
+        ("lrutail_reflocked", 0),
+    ]
+    if s.lru_maintainer_thread:
+        out += [("moves_to_cold", 0), ("moves_to_warm", 0), ("moves_within_lru", 0),
+                ("direct_reclaims", 0), ("lru_bumps_dropped", 0)]
+    return out
+
+
+def _pages(cls: ClassStats, per_page: int) -> int:
+    return -(-cls.number // per_page) if cls.number else (1 if cls.cmd_set else 0)
+
+
+def items(state: ServerState) -> _Stats:
+    """``stats items``: per class holding items."""
+    store = state.store
+    segmented = state.settings.lru_segmented
+    out: _Stats = []
+    for clsid, cls in enumerate(store.class_stats):
+        if clsid == 0 or not cls.number:
+            continue
+        p = f"items:{clsid}:"
+        out.append((p + "number", cls.number))
+        if segmented:
+            out += [(p + "number_hot", 0), (p + "number_warm", 0), (p + "number_cold", cls.number),
+                    (p + "age_hot", 0), (p + "age_warm", 0)]
+        out += [
+            (p + "age", 0),
+            (p + "mem_requested", cls.mem_requested),
+            (p + "evicted", cls.evicted),
+            (p + "evicted_nonzero", cls.evicted_nonzero),
+            (p + "evicted_time", cls.evicted_time),
+            (p + "outofmemory", cls.outofmemory),
+            (p + "tailrepairs", 0),
+            (p + "reclaimed", cls.reclaimed),
+            (p + "expired_unfetched", cls.expired_unfetched),
+            (p + "evicted_unfetched", cls.evicted_unfetched),
+            (p + "evicted_active", 0),
+            (p + "crawler_reclaimed", 0),
+            (p + "crawler_items_checked", 0),
+            (p + "lrutail_reflocked", 0),
+        ]
+        if segmented:
+            out += [(p + "moves_to_cold", 0), (p + "moves_to_warm", 0), (p + "moves_within_lru", 0),
+                    (p + "direct_reclaims", 0), (p + "hits_to_hot", 0), (p + "hits_to_warm", 0),
+                    (p + "hits_to_cold", 0), (p + "hits_to_temp", 0)]
+    return out
+
+
+def slabs(state: ServerState) -> _Stats:
+    """``stats slabs``: per class with memory, then totals."""
+    store = state.store
+    out: _Stats = []
+    active = 0
+    malloced = 0
+    for clsid, cls in enumerate(store.class_stats):
+        if clsid == 0:
+            continue
+        per_page = store.slabs.per_page[clsid - 1]
+        pages = _pages(cls, per_page)
+        if not pages:
+            continue
+        active += 1
+        malloced += pages * SLAB_PAGE_SIZE
+        p = f"{clsid}:"
+        out += [
+            (p + "chunk_size", store.slabs.sizes[clsid - 1]),
+            (p + "chunks_per_page", per_page),
+            (p + "total_pages", pages),
+            (p + "total_chunks", pages * per_page),
+            (p + "used_chunks", cls.number),
+            (p + "free_chunks", pages * per_page - cls.number),
+            (p + "free_chunks_end", 0),
+            (p + "get_hits", cls.get_hits),
+            (p + "cmd_set", cls.cmd_set),
+            (p + "delete_hits", cls.delete_hits),
+            (p + "incr_hits", cls.incr_hits),
+            (p + "decr_hits", cls.decr_hits),
+            (p + "cas_hits", cls.cas_hits),
+            (p + "cas_badval", cls.cas_badval),
+            (p + "touch_hits", cls.touch_hits),
+        ]
+    out += [("active_slabs", active), ("total_malloced", malloced)]
+    return out
+
+
+def conns(state: ServerState) -> _Stats:
+    """``stats conns``: listeners and clients by descriptor."""
+    now = time.monotonic()
+    rows: list[tuple[int, _Stats]] = []
+    for listener in state.listeners:
+        rows.append((listener.fd, [
+            (f"{listener.fd}:addr", listener.addr),
+            (f"{listener.fd}:state", "conn_listening"),
+            (f"{listener.fd}:secs_since_last_cmd", 0),
+        ]))
+    for conn in list(state.conns.values()):
+        fd = conn.fd
+        rows.append((fd, [
+            (f"{fd}:addr", conn.addr),
+            (f"{fd}:listen_addr", conn.listen_addr),
+            (f"{fd}:state", conn.state),
+            (f"{fd}:secs_since_last_cmd", int(now - conn.last_cmd_time)),
+        ]))
+    rows.sort(key=lambda row: row[0])
+    return [stat for _, block in rows for stat in block]
+
+
+def reset(state: ServerState) -> None:
+    """``stats reset``: zero the counters that memcached zeroes."""
+    store = state.store
+    with store.lock:
+        keep_total = store.stats.total_items
+        for name in store.stats.FIELDS:
+            setattr(store.stats, name, 0)
+        store.stats.total_items = keep_total
+        for cls in store.class_stats:
+            for name in ("get_hits", "cmd_set", "delete_hits", "incr_hits", "decr_hits",
+                         "cas_hits", "cas_badval", "touch_hits", "evicted", "evicted_nonzero",
+                         "outofmemory", "reclaimed", "expired_unfetched", "evicted_unfetched"):
+                setattr(cls, name, 0)
+    for stats in state.thread_stats:
+        for name in stats.FIELDS:
+            setattr(stats, name, 0)
+    with state.lock:
+        state.total_conns = 0
+        state.rejected_conns = 0
+
+
+def render(state: ServerState, args: list[bytes]) -> bytes:
+    """The whole reply to ``stats [args]``."""
+    if not args:
+        return replies.stat_lines(general(state))
+    sub = args[0]
+    if sub == b"settings":
+        return replies.stat_lines(settings_stats(state.settings, oldest=0))
+    if sub == b"items":
+        return replies.stat_lines(items(state))
+    if sub == b"slabs":
+        return replies.stat_lines(slabs(state))
+    if sub == b"conns":
+        return replies.stat_lines(conns(state))
+    if sub == b"sizes":
+        return b"STAT sizes_status disabled\r\n" + replies.END
+    if sub == b"reset":
+        reset(state)
+        return replies.RESET
+    if sub == b"detail":
+        if len(args) < 2 or args[1] not in (b"on", b"off", b"dump"):
+            return replies.CLIENT_ERROR_STATS_DETAIL
+        if args[1] == b"dump":
+            return replies.END
+        state.settings.detail_enabled = args[1] == b"on"
+        return replies.OK
+    if sub == b"cachedump":
+        return _cachedump(state, args)
+    return replies.ERROR
+
+
+def _cachedump(state: ServerState, args: list[bytes]) -> bytes:
+    if not state.settings.dump_enabled:
+        return replies.CLIENT_ERROR_CACHEDUMP_DISABLED
+    if len(args) < 3:
+        return replies.CLIENT_ERROR_BAD_LINE
+    clsid = safe_strtoul(args[1])
+    limit = safe_strtoul(args[2])
+    if clsid is None or limit is None:
+        return replies.CLIENT_ERROR_FORMAT
+    if clsid >= 64:
+        return b"CLIENT_ERROR Illegal slab id\r\n"
+    lines = [b"ITEM %b [%d b; %d s]\r\n" % (key, nbytes, exp)
+             for key, nbytes, exp in state.store.dump(clsid, limit)]
+    return b"".join(lines) + replies.END

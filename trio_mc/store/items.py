@@ -1,0 +1,40 @@
+"""The item record: one immutable ``bytes`` per item, header and value together.
+
+A Python object per item would cost more than the value itself (an instance, a dict or
+slots, and an int object per field), so an item is one ``bytes``: a packed header followed
+by the value and its trailing ``\\r\\n``.  The hash table maps the key to this record; that
+is the whole per-item footprint besides the key and one LRU queue slot.
+
+Header fields (little endian): client flags (u32), exptime (u32, server time, 0 = never),
+time of last access/update (u32, server time), CAS (u64), item flags (u8, below).
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEADER = struct.Struct("<IIIQB")
+HEADER_SIZE = HEADER.size
+unpack_header = HEADER.unpack_from
+pack_header = HEADER.pack
+
+# Item flags, named after memcached's ITEM_* bits.
+FETCHED = 0x01  # read at least once since it was stored
+ACTIVE = 0x02  # read again after that: survives one pass of the eviction hand
+STALE = 0x04  # marked stale by a meta invalidation
+TOKEN_SENT = 0x08  # a meta client already won the right to recache it
+
+
+def make(flags: int, exptime: int, time: int, cas: int, iflags: int, data: bytes) -> bytes:
+    """A new record; ``data`` is the value including its trailing ``\\r\\n``."""
+    return pack_header(flags, exptime, time, cas, iflags) + data
+
+
+def rewrite(record: bytes, flags: int, exptime: int, time: int, cas: int, iflags: int) -> bytes:
+    """The same value under a new header (records are immutable)."""
+    return pack_header(flags, exptime, time, cas, iflags) + record[HEADER_SIZE:]
+
+
+def value_length(record: bytes) -> int:
+    """The value's length without its ``\\r\\n``."""
+    return len(record) - HEADER_SIZE - 2

@@ -1,0 +1,521 @@
+"""The item store: memcached's hash table, LRU, CAS counter and memory limit.
+
+Theory of operation
+-------------------
+Items live in one ``dict`` from key to an immutable record (see :mod:`.items`).  One
+``threading.Lock`` guards every operation; no operation blocks or awaits while holding it,
+so worker threads (each with its own Trio loop) share the store safely.
+
+Memory is bounded by ``-m`` counted in real Python bytes: the key object, the record object
+and the hash-table and queue slots (:func:`item_cost`).  memcached's own ``bytes`` statistic
+(the sum of its item sizes) is kept beside it so ``stats`` reads like memcached's.
+
+Eviction is a CLOCK (second chance) approximation of memcached's LRU: keys enter a FIFO
+queue when linked; an item read twice is marked ACTIVE and, when the eviction hand reaches
+it, loses the mark and goes to the back instead of being evicted.  Expired and flushed items
+met by the hand are reclaimed first.  A deleted key leaves a stale queue entry behind; stale
+entries are counted per key (the oldest entries of a key are the stale ones) and the queue is
+compacted when they outnumber live keys, so the queue stays proportional to the item count.
+
+Time is an injected :class:`~trio_mc.store.clock.Clock`; expiry follows memcached's
+``realtime()``: up to 30 days is relative, more is an absolute Unix time, negative is
+already expired.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections import deque
+from collections.abc import Iterator
+
+from trio_mc.numbers import safe_strtoull
+from trio_mc.sizes import item_total_size
+from trio_mc.store import items
+from trio_mc.store.clock import Clock
+from trio_mc.store.items import ACTIVE, FETCHED, HEADER_SIZE, pack_header, unpack_header
+from trio_mc.store.slabs import SlabClasses
+
+#: Relative exptimes go up to 30 days; larger values are absolute Unix times.
+REALTIME_MAXDELTA = 60 * 60 * 24 * 30
+#: memcached's ITEM_UPDATE_INTERVAL: a read refreshes an item's time at most this often.
+ITEM_UPDATE_INTERVAL = 60
+_U64 = 1 << 64
+
+# Per-item overhead outside the key and record objects: the dict entry and its share of the
+# index table (a dict keeps at most 2/3 of its slots in use), plus one deque slot.
+_SLOT_OVERHEAD = 56
+
+
+def _object_size(nbytes: int) -> int:
+    """What CPython really allocates for a ``bytes`` of ``nbytes`` (header 33 bytes)."""
+    size = 33 + nbytes
+    if size <= 512:  # pymalloc: 16-byte size classes
+        return (size + 15) & ~15
+    return (size + 16 + 15) & ~15  # glibc malloc chunk header, 16-byte aligned
+
+
+def item_cost(key_length: int, record_length: int) -> int:
+    """The Python memory one item costs; what ``-m`` limits."""
+    return _object_size(key_length) + _object_size(record_length) + _SLOT_OVERHEAD
+
+
+class StoreResult(enum.Enum):
+    """memcached's ``store_item_type``."""
+
+    STORED = "STORED"
+    NOT_STORED = "NOT_STORED"
+    EXISTS = "EXISTS"
+    NOT_FOUND = "NOT_FOUND"
+    NO_MEMORY = "NO_MEMORY"
+
+
+class DeltaResult(enum.Enum):
+    """memcached's ``delta_result_type``."""
+
+    OK = "OK"
+    NON_NUMERIC = "NON_NUMERIC"
+    NOT_FOUND = "NOT_FOUND"
+    NO_MEMORY = "NO_MEMORY"
+
+
+# Storage modes, mirroring protocol.commands.StoreMode without importing the protocol.
+ADD, SET, REPLACE, APPEND, PREPEND, CAS = 1, 2, 3, 4, 5, 6
+
+
+class ClassStats:
+    """Counters kept per slab class, as ``stats slabs``/``stats items`` report them."""
+
+    FIELDS = (
+        "number", "mem_requested", "get_hits", "cmd_set", "delete_hits", "incr_hits",
+        "decr_hits", "cas_hits", "cas_badval", "touch_hits", "evicted", "evicted_nonzero",
+        "evicted_time", "outofmemory", "reclaimed", "expired_unfetched", "evicted_unfetched",
+    )
+    __slots__ = FIELDS
+
+    def __init__(self) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, 0)
+
+
+class StoreStats:
+    """Store-wide counters (memcached's global and thread stats that the store decides)."""
+
+    FIELDS = (
+        "get_cmds", "get_misses", "get_expired", "get_flushed", "touch_cmds", "touch_misses",
+        "delete_misses", "incr_misses", "decr_misses", "cas_misses", "store_too_large",
+        "store_no_memory", "total_items", "evictions", "reclaimed", "expired_unfetched",
+        "evicted_unfetched",
+    )
+    __slots__ = FIELDS
+
+    def __init__(self) -> None:
+        for name in self.FIELDS:
+            setattr(self, name, 0)
+
+
+class Store:
+    """A thread-safe memcached item store.
+
+    Args:
+      clock: server time source.
+      maxbytes: the memory limit (``-m`` in bytes).
+      use_cas: ``False`` for ``-C``: every CAS is 0.
+      evict: ``False`` for ``-M``: refuse stores instead of evicting.
+      slabs: slab classes for per-class statistics.
+      lru_segmented: memcached's default LRU mode (``no_lru_maintainer`` turns it off); it
+        decides when a read refreshes an item's access time.
+      item_size_max: ``-I``; an append or prepend may not grow an item past it.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        maxbytes: int = 64 * 1024 * 1024,
+        use_cas: bool = True,
+        evict: bool = True,
+        slabs: SlabClasses | None = None,
+        lru_segmented: bool = True,
+        item_size_max: int = 1024 * 1024,
+    ) -> None:
+        self.clock = clock or Clock()
+        self.maxbytes = maxbytes
+        self.use_cas = use_cas
+        self.evict = evict
+        self.slabs = slabs or SlabClasses()
+        self.lru_segmented = lru_segmented
+        self.item_size_max = item_size_max
+        self.lock = threading.Lock()
+        self.stats = StoreStats()
+        self.class_stats = [ClassStats() for _ in range(len(self.slabs.sizes) + 1)]
+        self.mem_used = 0  # Python bytes, what -m bounds
+        self.bytes = 0  # memcached's "bytes": the sum of item sizes
+        self._items: dict[bytes, bytes] = {}
+        self._queue: deque[bytes] = deque()
+        self._stale: dict[bytes, int] = {}  # key -> stale queue entries ahead of its live one
+        self._stale_total = 0
+        self._cas = 0
+        self._oldest_live = 0  # flush_all: items updated at or before this time are gone
+        self._oldest_cas = 0  # flush_all with CAS: items with a lower CAS are gone
+
+    # -- time -------------------------------------------------------------------------------
+
+    def realtime(self, exptime: int) -> int:
+        """Client exptime to server time (memcached's ``realtime``); 0 means never."""
+        if exptime < 0:
+            exptime = REALTIME_MAXDELTA + 1  # before process start: expired at once
+        if exptime == 0:
+            return 0
+        if exptime > REALTIME_MAXDELTA:
+            started = self.clock.process_started
+            return 1 if exptime <= started else exptime - started
+        return exptime + self.clock.now()
+
+    # -- internal helpers (lock held) -----------------------------------------------------
+
+    def _next_cas(self) -> int:
+        if not self.use_cas:
+            return 0
+        self._cas += 1
+        return self._cas
+
+    def _clsid(self, key: bytes, flags: int, record: bytes) -> int:
+        """The slab class memcached would keep this item in."""
+        return self.slabs.clsid(item_total_size(len(key), flags, len(record) - HEADER_SIZE, self.use_cas))
+
+    def _account(self, key: bytes, record: bytes, sign: int) -> None:
+        ntotal = item_total_size(len(key), unpack_header(record)[0], len(record) - HEADER_SIZE, self.use_cas)
+        self.mem_used += sign * item_cost(len(key), len(record))
+        self.bytes += sign * ntotal
+        cls = self.class_stats[self.slabs.clsid(ntotal)]
+        cls.number += sign
+        cls.mem_requested += sign * ntotal
+
+    def _is_dead(self, exptime: int, time: int, cas: int, now: int) -> int:
+        """0 if live, 1 if flushed, 2 if expired (``do_item_get``'s checks, in order)."""
+        oldest = self._oldest_live
+        if oldest and oldest <= now and (
+            time <= oldest or (self._oldest_cas and cas and cas < self._oldest_cas)
+        ):
+            return 1
+        if exptime and exptime <= now:
+            return 2
+        return 0
+
+    def _find(self, key: bytes, now: int) -> bytes | None:
+        """The live record for ``key``; expired or flushed items are unlinked on the way."""
+        record = self._items.get(key)
+        if record is None:
+            return None
+        _, exptime, time, cas, _ = unpack_header(record)
+        if exptime or self._oldest_live:
+            dead = self._is_dead(exptime, time, cas, now)
+            if dead:
+                self._unlink(key, record)
+                if dead == 1:
+                    self.stats.get_flushed += 1
+                else:
+                    self.stats.get_expired += 1
+                return None
+        return record
+
+    def _bumped(self, iflags: int, time: int, now: int) -> tuple[int, int]:
+        """A read hit's new (item flags, time): FETCHED, then ACTIVE; time as memcached."""
+        if self.lru_segmented:
+            if not iflags & ACTIVE:
+                if not iflags & FETCHED:
+                    return iflags | FETCHED, time
+                return iflags | ACTIVE, now
+            return iflags, time
+        iflags |= FETCHED | (ACTIVE if iflags & FETCHED else 0)
+        return iflags, (now if time < now - ITEM_UPDATE_INTERVAL else time)
+
+    def _update_time(self, time: int, now: int) -> int:
+        """``do_item_update``: the access time after a write-like touch of an item."""
+        if self.lru_segmented or time < now - ITEM_UPDATE_INTERVAL:
+            return now
+        return time
+
+    def _unlink(self, key: bytes, record: bytes) -> None:
+        """Remove a key whose queue entry stays behind (it becomes stale)."""
+        del self._items[key]
+        self._account(key, record, -1)
+        self._stale[key] = self._stale.get(key, 0) + 1
+        self._stale_total += 1
+        if self._stale_total > len(self._items) + 1024:
+            self._compact_queue()
+
+    def _skip_stale(self, key: bytes) -> bool:
+        """Consume one stale queue entry of ``key`` if it has any."""
+        count = self._stale.get(key)
+        if not count:
+            return False
+        if count == 1:
+            del self._stale[key]
+        else:
+            self._stale[key] = count - 1
+        self._stale_total -= 1
+        return True
+
+    def _compact_queue(self) -> None:
+        self._queue = deque(key for key in self._queue if not self._skip_stale(key))
+
+    def _make_room(self, cost: int, now: int) -> bool:
+        """Free memory for ``cost`` more bytes: reclaim, then evict (unless ``-M``)."""
+        queue = self._queue
+        stats = self.stats
+        while self.mem_used + cost > self.maxbytes:
+            if not queue:
+                return False
+            key = queue.popleft()
+            if self._skip_stale(key):
+                continue
+            record = self._items[key]
+            flags, exptime, time, cas, iflags = unpack_header(record)
+            cls = self.class_stats[self._clsid(key, flags, record)]
+            if self._is_dead(exptime, time, cas, now):
+                stats.reclaimed += 1
+                cls.reclaimed += 1
+                if not iflags & FETCHED:
+                    stats.expired_unfetched += 1
+                    cls.expired_unfetched += 1
+            elif iflags & ACTIVE:  # second chance
+                self._items[key] = pack_header(flags, exptime, time, cas, iflags & ~ACTIVE) + record[HEADER_SIZE:]
+                queue.append(key)
+                continue
+            elif not self.evict:
+                queue.appendleft(key)
+                cls.outofmemory += 1
+                return False
+            else:
+                stats.evictions += 1
+                cls.evicted += 1
+                cls.evicted_time = now - time
+                if exptime:
+                    cls.evicted_nonzero += 1
+                if not iflags & FETCHED:
+                    stats.evicted_unfetched += 1
+                    cls.evicted_unfetched += 1
+            del self._items[key]
+            self._account(key, record, -1)
+        return True
+
+    def _link(self, key: bytes, old: bytes | None, record: bytes, now: int) -> bool:
+        """Store ``record`` under ``key`` in place of ``old``, making room first."""
+        cost = item_cost(len(key), len(record))
+        if old is not None:
+            cost -= item_cost(len(key), len(old))
+        if cost > 0 and self.mem_used + cost > self.maxbytes and not self._make_room(cost, now):
+            return False
+        if old is not None and self._items.get(key) is old:
+            self._items[key] = record
+            self._account(key, old, -1)
+        else:  # new, or the old version was evicted to make room
+            self._items[key] = record
+            self._queue.append(key)
+        self._account(key, record, 1)
+        self.stats.total_items += 1
+        return True
+
+    def _out_of_memory(self, mode: int, key: bytes) -> StoreResult:
+        self.stats.store_no_memory += 1
+        if mode == SET:
+            self._drop(key)
+        return StoreResult.NO_MEMORY
+
+    def _drop(self, key: bytes) -> None:
+        record = self._items.get(key)
+        if record is not None:
+            self._unlink(key, record)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def get(self, keys: list[bytes], exptime: int | None = None) -> list[tuple[bytes, int, int, memoryview]]:
+        """get/gets (and gat/gats when ``exptime`` is given, which also touches).
+
+        Returns ``(key, flags, cas, data)`` per hit, in request order; ``data`` includes the
+        trailing ``\\r\\n``.
+        """
+        hits: list[tuple[bytes, int, int, memoryview]] = []
+        with self.lock:
+            now = self.clock.now()
+            touch = exptime is not None
+            new_exptime = self.realtime(exptime) if exptime is not None else 0
+            stats = self.stats
+            for key in keys:
+                record = self._find(key, now)
+                if record is None:
+                    if touch:
+                        stats.touch_cmds += 1
+                        stats.touch_misses += 1
+                    else:
+                        stats.get_cmds += 1
+                        stats.get_misses += 1
+                    continue
+                flags, old_exptime, time, cas, iflags = unpack_header(record)
+                new_iflags, new_time = self._bumped(iflags, time, now)
+                cls = self.class_stats[self._clsid(key, flags, record)]
+                if touch:
+                    old_exptime = new_exptime
+                    stats.touch_cmds += 1
+                    cls.touch_hits += 1
+                else:
+                    stats.get_cmds += 1
+                    cls.get_hits += 1
+                if touch or new_iflags != iflags or new_time != time:
+                    record = pack_header(flags, old_exptime, new_time, cas, new_iflags) + record[HEADER_SIZE:]
+                    self._items[key] = record
+                hits.append((key, flags, cas, memoryview(record)[HEADER_SIZE:]))
+        return hits
+
+    def store(self, mode: int, key: bytes, flags: int, exptime: int, data: bytes, cas: int = 0) -> StoreResult:
+        """set/add/replace/append/prepend/cas (memcached's ``do_store_item``).
+
+        ``data`` is the value with its trailing ``\\r\\n``.
+        """
+        with self.lock:
+            now = self.clock.now()
+            old = self._find(key, now)
+            if old is None:
+                self.class_stats[self.slabs.clsid(item_total_size(len(key), flags, len(data), self.use_cas))].cmd_set += 1
+                if mode == CAS:
+                    self.stats.cas_misses += 1
+                    return StoreResult.NOT_FOUND
+                if mode != SET and mode != ADD:
+                    return StoreResult.NOT_STORED
+                record = pack_header(flags, self.realtime(exptime), now, self._next_cas(), 0) + data
+                if not self._link(key, None, record, now):
+                    return self._out_of_memory(mode, key)
+                return StoreResult.STORED
+            old_flags, old_exptime, old_time, old_cas, old_iflags = unpack_header(old)
+            cls = self.class_stats[self._clsid(key, old_flags, old)]
+            cls.cmd_set += 1
+            if mode == ADD:  # refused, but the existing item counts as used
+                new_time = self._update_time(old_time, now)
+                if new_time != old_time:
+                    self._items[key] = pack_header(old_flags, old_exptime, new_time, old_cas, old_iflags) + old[HEADER_SIZE:]
+                return StoreResult.NOT_STORED
+            if mode == CAS:
+                if cas != old_cas or not cas:
+                    cls.cas_badval += 1
+                    return StoreResult.EXISTS
+                cls.cas_hits += 1
+            if mode == APPEND or mode == PREPEND:
+                if cas and cas != old_cas:
+                    return StoreResult.EXISTS
+                # The combined item keeps the old flags and expiry.
+                value = old[HEADER_SIZE:-2] + data if mode == APPEND else data[:-2] + old[HEADER_SIZE:]
+                if item_total_size(len(key), old_flags, len(value), self.use_cas) > self.item_size_max:
+                    return StoreResult.NOT_STORED
+                record = pack_header(old_flags, old_exptime, now, self._next_cas(), 0) + value
+            else:
+                record = pack_header(flags, self.realtime(exptime), now, self._next_cas(), 0) + data
+            if not self._link(key, old, record, now):
+                return self._out_of_memory(mode, key)
+            return StoreResult.STORED
+
+    def too_large(self, mode: int, key: bytes) -> None:
+        """A storage command was refused for ``-I``: count it; a failed set drops the old value."""
+        with self.lock:
+            self.stats.store_too_large += 1
+            if mode == SET:
+                self._drop(key)
+
+    def delete(self, key: bytes) -> bool:
+        with self.lock:
+            record = self._find(key, self.clock.now())
+            if record is None:
+                self.stats.delete_misses += 1
+                return False
+            self.class_stats[self._clsid(key, unpack_header(record)[0], record)].delete_hits += 1
+            self._unlink(key, record)
+            return True
+
+    def touch(self, key: bytes, exptime: int) -> bool:
+        """touch: a read hit that also sets a new expiry."""
+        return bool(self.get([key], exptime))
+
+    def delta(self, key: bytes, incr: bool, delta: int) -> tuple[DeltaResult, int]:
+        """incr/decr: incr wraps at 2**64, decr stops at 0 (memcached's ``do_add_delta``).
+
+        A result no longer than the old value is written in place, padded with spaces, as
+        memcached does; a longer one makes a new item.
+        """
+        with self.lock:
+            now = self.clock.now()
+            record = self._find(key, now)
+            if record is None:
+                if incr:
+                    self.stats.incr_misses += 1
+                else:
+                    self.stats.decr_misses += 1
+                return DeltaResult.NOT_FOUND, 0
+            nbytes = len(record) - HEADER_SIZE  # with "\r\n"
+            value = safe_strtoull(record[HEADER_SIZE:]) if nbytes > 2 else None
+            if value is None:
+                return DeltaResult.NON_NUMERIC, 0
+            if incr:
+                value = (value + delta) % _U64
+            else:
+                value = value - delta if delta < value else 0
+            flags, exptime, time, _, iflags = unpack_header(record)
+            cls = self.class_stats[self._clsid(key, flags, record)]
+            if incr:
+                cls.incr_hits += 1
+            else:
+                cls.decr_hits += 1
+            text = b"%d" % value
+            if len(text) + 2 <= nbytes:
+                self._items[key] = (
+                    pack_header(flags, exptime, self._update_time(time, now), self._next_cas(), iflags)
+                    + text.ljust(nbytes - 2) + b"\r\n"
+                )
+                return DeltaResult.OK, value
+            new = pack_header(flags, exptime, now, self._next_cas(), 0) + text + b"\r\n"
+            if not self._link(key, record, new, now):
+                return DeltaResult.NO_MEMORY, 0
+            return DeltaResult.OK, value
+
+    def flush_all(self, delay: int) -> None:
+        """Invalidate every item updated before now + ``delay`` (memcached's rules)."""
+        with self.lock:
+            now = self.clock.now()
+            new_oldest = self.realtime(delay) if delay > 0 else now
+            if self.use_cas:
+                self._oldest_live = new_oldest - 1
+                if self._oldest_live <= now:
+                    self._oldest_cas = self._next_cas()
+            else:
+                self._oldest_live = new_oldest
+
+    def set_maxbytes(self, maxbytes: int) -> None:
+        """cache_memlimit: a smaller limit evicts down to it at once."""
+        with self.lock:
+            self.maxbytes = maxbytes
+            self._make_room(0, self.clock.now())
+
+    # -- introspection --------------------------------------------------------------------
+
+    @property
+    def curr_items(self) -> int:
+        return len(self._items)
+
+    def dump(self, clsid: int, limit: int) -> list[tuple[bytes, int, int]]:
+        """``stats cachedump``: ``(key, value length, expiry as Unix time or 0)``."""
+        out: list[tuple[bytes, int, int]] = []
+        with self.lock:
+            started = self.clock.process_started
+            for key, record in self._items.items():
+                flags, exptime = unpack_header(record)[:2]
+                if self._clsid(key, flags, record) != clsid:
+                    continue
+                out.append((key, items.value_length(record), exptime + started if exptime else started))
+                if limit and len(out) >= limit:
+                    break
+        return out
+
+    def keys(self) -> Iterator[bytes]:
+        """A snapshot of the keys (for tests and tooling)."""
+        with self.lock:
+            return iter(list(self._items))
