@@ -75,12 +75,12 @@ class Parser:
 
     @property
     def state(self) -> str:
-        """memcached's name for what the parser is waiting for (for ``stats conns``)."""
+        """memcached's name for what the connection waits for (for ``stats conns``)."""
         if self._pending is not None:
             return "conn_nread"
         if self._swallow:
             return "conn_swallow"
-        return "conn_parse_cmd" if self._pos < len(self._buf) else "conn_waiting"
+        return "conn_waiting"
 
     @property
     def buffered(self) -> int:

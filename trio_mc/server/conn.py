@@ -173,7 +173,7 @@ class Conn:
         handlers = HANDLERS
         first = True
         while not self.closing:
-            self.state = "conn_waiting"
+            self.state = parser.state
             data = await transport.receive()
             if not data:
                 return
@@ -185,7 +185,6 @@ class Conn:
             self.state = "conn_parse_cmd"
             commands = parser.feed(data)
             if not commands:
-                self.state = parser.state
                 continue
             self.last_cmd_time = time.monotonic()
             out: list[Any] = []

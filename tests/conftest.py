@@ -1,0 +1,63 @@
+"""Shared fixtures: a server driven in-process, over memory streams or loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trio
+import trio.testing
+
+from trio_mc.server.conn import Conn, StreamTransport
+from trio_mc.server.serve import make_store
+from trio_mc.server.state import ServerState
+from trio_mc.settings import Settings
+from trio_mc.store.clock import Clock
+
+ClientFactory = Callable[..., Awaitable["Client"]]
+
+
+class Client:
+    """The client end of an in-memory connection, with request/response helpers."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def read_until(self, terminator: bytes) -> bytes:
+        data = b""
+        with trio.fail_after(5):
+            while not data.endswith(terminator):
+                chunk = await self.stream.receive_some()
+                if not chunk:
+                    break
+                data += chunk
+        return data
+
+    async def ask(self, request: bytes, terminator: bytes = b"\r\n") -> bytes:
+        await self.send(request)
+        return await self.read_until(terminator)
+
+
+@pytest.fixture
+async def server_state() -> ServerState:
+    """A server whose store runs on Trio's clock, so MockClock drives expiry."""
+    settings = Settings()
+    return ServerState(settings, make_store(settings, Clock(source=trio.current_time)))
+
+
+@pytest.fixture
+async def connect(server_state: ServerState, nursery: trio.Nursery) -> AsyncIterator[ClientFactory]:
+    """Open an in-memory client connection to ``server_state``."""
+
+    async def factory() -> Client:
+        client, server = trio.testing.memory_stream_pair()
+        conn = Conn(StreamTransport(server), server_state, server_state.new_thread_stats(),
+                    fd=100 + len(server_state.conns), addr="tcp:127.0.0.1:1", listen_addr="tcp:127.0.0.1:11211")
+        nursery.start_soon(conn.run)
+        await trio.testing.wait_all_tasks_blocked()
+        return Client(client)
+
+    yield factory

@@ -1,0 +1,110 @@
+"""A connection driven over memory streams; Trio's MockClock moves time instantly."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from conftest import ClientFactory
+from trio_mc.server.state import ServerState
+
+
+async def test_set_get_pipelined_in_one_reply(connect: ClientFactory) -> None:
+    c = await connect()
+    await c.send(b"set a 0 0 1\r\nx\r\nset b 3 0 2\r\nyy\r\nget a b zz\r\ngets a\r\n")
+    reply = await c.read_until(b"1\r\nx\r\nEND\r\n")
+    assert reply == (
+        b"STORED\r\nSTORED\r\nVALUE a 0 1\r\nx\r\nVALUE b 3 2\r\nyy\r\nEND\r\n"
+        b"VALUE a 0 1 1\r\nx\r\nEND\r\n"
+    )
+
+
+async def test_expiry_with_mock_clock(connect: ClientFactory, autojump_clock: trio.testing.MockClock) -> None:
+    c = await connect()
+    assert await c.ask(b"set k 0 10 1\r\nv\r\n") == b"STORED\r\n"
+    await trio.sleep(9.5)
+    assert await c.ask(b"get k\r\n", b"END\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    await trio.sleep(1)
+    assert await c.ask(b"get k\r\n", b"END\r\n") == b"END\r\n"
+
+
+async def test_flush_all_delay(connect: ClientFactory, autojump_clock: trio.testing.MockClock) -> None:
+    c = await connect()
+    await c.ask(b"set k 0 0 1\r\nv\r\n")
+    assert await c.ask(b"flush_all 30\r\n") == b"OK\r\n"
+    await trio.sleep(28)
+    assert await c.ask(b"get k\r\n", b"END\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    await trio.sleep(3)
+    assert await c.ask(b"get k\r\n", b"END\r\n") == b"END\r\n"
+
+
+async def test_touch_and_gat(connect: ClientFactory, autojump_clock: trio.testing.MockClock) -> None:
+    c = await connect()
+    await c.ask(b"set k 0 5 1\r\nv\r\n")
+    assert await c.ask(b"touch k 100\r\n") == b"TOUCHED\r\n"
+    await trio.sleep(50)
+    assert await c.ask(b"gat 20 k\r\n", b"END\r\n") == b"VALUE k 0 1\r\nv\r\nEND\r\n"
+    await trio.sleep(21)
+    assert await c.ask(b"touch k 1\r\n") == b"NOT_FOUND\r\n"
+
+
+async def test_input_split_byte_by_byte(connect: ClientFactory) -> None:
+    c = await connect()
+    for byte in b"set k 0 0 5\r\nhello\r\nget k\r\n":
+        await c.send(bytes([byte]))
+        await trio.testing.wait_all_tasks_blocked()
+    assert await c.read_until(b"END\r\n") == b"STORED\r\nVALUE k 0 5\r\nhello\r\nEND\r\n"
+
+
+async def test_noreply_and_errors(connect: ClientFactory) -> None:
+    c = await connect()
+    await c.send(b"set k 0 0 1 noreply\r\nx\r\nincr k 1 noreply\r\ndelete nope noreply\r\n")
+    assert await c.ask(b"version\r\n") == b"VERSION 1.6.18\r\n"
+    assert await c.ask(b"incr k 1\r\n") == b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+    assert await c.ask(b"bogus\r\n") == b"ERROR\r\n"
+
+
+async def test_quit_sends_pending_replies_then_closes(connect: ClientFactory) -> None:
+    c = await connect()
+    await c.send(b"version\r\nquit\r\nversion\r\n")
+    assert await c.read_until(b"\r\n") == b"VERSION 1.6.18\r\n"
+    with trio.fail_after(5):
+        assert await c.stream.receive_some() == b""
+
+
+async def test_too_large_value_is_swallowed(connect: ClientFactory, server_state: ServerState) -> None:
+    c = await connect()
+    await c.ask(b"set k 0 0 1\r\nv\r\n")
+    big = b"x" * (1024 * 1024)
+    assert await c.ask(b"set k 0 0 %d\r\n%b\r\n" % (len(big), big)) == b"SERVER_ERROR object too large for cache\r\n"
+    assert await c.ask(b"get k\r\n", b"END\r\n") == b"END\r\n"  # the failed set dropped the old value
+    assert server_state.store.stats.store_too_large == 1
+
+
+async def test_value_just_under_the_limit(connect: ClientFactory) -> None:
+    c = await connect()
+    value = b"y" * 1048516
+    assert await c.ask(b"set k 0 0 %d\r\n%b\r\n" % (len(value), value)) == b"STORED\r\n"
+    reply = await c.ask(b"get k\r\n", b"END\r\n")
+    assert reply == b"VALUE k 0 1048516\r\n" + value + b"\r\nEND\r\n"
+
+
+async def test_stats_conns_reports_states(connect: ClientFactory) -> None:
+    a = await connect()
+    b = await connect()
+    await b.send(b"set k 0 0 10\r\nabc")  # waiting for the rest of the data block
+    await trio.testing.wait_all_tasks_blocked()
+    reply = await a.ask(b"stats conns\r\n", b"END\r\n")
+    assert b"STAT 100:state conn_parse_cmd\r\n" in reply
+    assert b"STAT 101:state conn_nread\r\n" in reply
+
+
+async def test_general_stats_keys(connect: ClientFactory) -> None:
+    c = await connect()
+    await c.ask(b"set k 0 0 1\r\nv\r\n")
+    await c.ask(b"get k\r\n", b"END\r\n")
+    reply = await c.ask(b"stats\r\n", b"END\r\n")
+    stats = dict(line.split(b" ")[1:3] for line in reply.split(b"\r\n") if line.startswith(b"STAT "))
+    assert len(stats) == 92
+    assert stats[b"cmd_get"] == b"1" and stats[b"get_hits"] == b"1" and stats[b"cmd_set"] == b"1"
+    assert stats[b"curr_items"] == b"1" and stats[b"version"] == b"1.6.18"

@@ -1,0 +1,164 @@
+"""The store on its own: semantics, expiry with a hand-driven clock, memory bound."""
+
+from __future__ import annotations
+
+import pytest
+
+from trio_mc.store.clock import ManualClock
+from trio_mc.store.store import (
+    ADD, APPEND, CAS, PREPEND, REPLACE, SET, DeltaResult, Store, StoreResult,
+)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(clock: ManualClock) -> Store:
+    return Store(clock=clock)
+
+
+def value(store: Store, key: bytes) -> bytes | None:
+    hits = store.get([key])
+    return bytes(hits[0][3])[:-2] if hits else None
+
+
+def test_modes(store: Store) -> None:
+    assert store.store(ADD, b"k", 1, 0, b"a\r\n") is StoreResult.STORED
+    assert store.store(ADD, b"k", 1, 0, b"b\r\n") is StoreResult.NOT_STORED
+    assert store.store(REPLACE, b"x", 0, 0, b"b\r\n") is StoreResult.NOT_STORED
+    assert store.store(APPEND, b"k", 9, 0, b"z\r\n") is StoreResult.STORED
+    assert store.store(PREPEND, b"k", 9, 0, b"y\r\n") is StoreResult.STORED
+    assert value(store, b"k") == b"yaz"
+    assert store.get([b"k"])[0][1] == 1  # append/prepend keep the old flags
+
+
+def test_cas_counter_is_global_and_checked(store: Store) -> None:
+    store.store(SET, b"a", 0, 0, b"1\r\n")
+    store.store(SET, b"b", 0, 0, b"1\r\n")
+    cas_b = store.get([b"b"])[0][2]
+    assert cas_b == 2
+    assert store.store(CAS, b"b", 0, 0, b"2\r\n", 1) is StoreResult.EXISTS
+    assert store.store(CAS, b"b", 0, 0, b"2\r\n", cas_b) is StoreResult.STORED
+    assert store.store(CAS, b"nope", 0, 0, b"2\r\n", 5) is StoreResult.NOT_FOUND
+
+
+def test_cas_off(clock: ManualClock) -> None:
+    store = Store(clock=clock, use_cas=False)
+    store.store(SET, b"a", 0, 0, b"1\r\n")
+    assert store.get([b"a"])[0][2] == 0
+
+
+def test_incr_decr_wrap_clamp_and_padding(store: Store) -> None:
+    store.store(SET, b"n", 0, 0, b"18446744073709551615\r\n")
+    assert store.delta(b"n", True, 2) == (DeltaResult.OK, 1)
+    assert value(store, b"n") == b"1" + b" " * 19
+    store.store(SET, b"n", 0, 0, b"100\r\n")
+    assert store.delta(b"n", False, 1000) == (DeltaResult.OK, 0)
+    assert value(store, b"n") == b"0  "
+    store.store(SET, b"n", 0, 0, b"99\r\n")
+    assert store.delta(b"n", True, 1) == (DeltaResult.OK, 100)
+    assert value(store, b"n") == b"100"
+    store.store(SET, b"t", 0, 0, b"1 2\r\n")
+    assert store.delta(b"t", True, 1) == (DeltaResult.OK, 2)
+    store.store(SET, b"x", 0, 0, b"abc\r\n")
+    assert store.delta(b"x", True, 1)[0] is DeltaResult.NON_NUMERIC
+    assert store.delta(b"missing", True, 1)[0] is DeltaResult.NOT_FOUND
+
+
+def test_relative_absolute_and_negative_expiry(store: Store, clock: ManualClock) -> None:
+    store.store(SET, b"rel", 0, 10, b"x\r\n")
+    store.store(SET, b"abs", 0, clock.process_started + clock.now() + 20, b"x\r\n")
+    store.store(SET, b"past", 0, 2592001, b"x\r\n")  # absolute, long ago
+    assert store.store(SET, b"neg", 0, -1, b"x\r\n") is StoreResult.STORED
+    assert value(store, b"past") is None and value(store, b"neg") is None
+    clock.advance(9)
+    assert value(store, b"rel") == b"x"
+    clock.advance(1)
+    assert value(store, b"rel") is None
+    assert value(store, b"abs") == b"x"
+    clock.advance(10)
+    assert value(store, b"abs") is None
+    assert store.stats.get_expired == 4
+
+
+def test_touch_and_gat_move_expiry(store: Store, clock: ManualClock) -> None:
+    store.store(SET, b"k", 0, 5, b"x\r\n")
+    assert store.touch(b"k", 100)
+    clock.advance(50)
+    assert store.get([b"k"], 10)  # gat
+    clock.advance(11)
+    assert store.get([b"k"]) == []
+
+
+def test_flush_all_immediate_and_delayed(store: Store, clock: ManualClock) -> None:
+    store.store(SET, b"a", 0, 0, b"x\r\n")
+    store.flush_all(0)
+    assert value(store, b"a") is None
+    store.store(SET, b"b", 0, 0, b"x\r\n")  # same second, after the flush: visible
+    assert value(store, b"b") == b"x"
+    store.flush_all(10)
+    clock.advance(5)
+    assert value(store, b"b") == b"x"
+    clock.advance(5)
+    assert value(store, b"b") is None
+
+
+def test_flush_without_cas_hides_items_set_in_the_same_second(clock: ManualClock) -> None:
+    store = Store(clock=clock, use_cas=False)
+    store.flush_all(0)
+    store.store(SET, b"a", 0, 0, b"x\r\n")
+    assert value(store, b"a") is None
+
+
+def test_memory_limit_evicts_oldest_unless_recently_read(clock: ManualClock) -> None:
+    store = Store(clock=clock, maxbytes=200_000)
+    data = b"v" * 1000 + b"\r\n"
+    for i in range(50):
+        store.store(SET, b"key%d" % i, 0, 0, data)
+    store.get([b"key0"])
+    store.get([b"key0"])  # read twice: ACTIVE, gets a second chance
+    for i in range(50, 400):
+        store.store(SET, b"key%d" % i, 0, 0, data)
+        assert store.mem_used <= store.maxbytes
+    assert store.stats.evictions > 0
+    assert value(store, b"key1") is None
+    assert value(store, b"key399") is not None
+
+
+def test_no_evict_mode_refuses(clock: ManualClock) -> None:
+    store = Store(clock=clock, maxbytes=50_000, evict=False)
+    results = [store.store(SET, b"k%d" % i, 0, 0, b"x" * 1000 + b"\r\n") for i in range(100)]
+    assert StoreResult.NO_MEMORY in results
+    assert store.stats.store_no_memory > 0
+    assert value(store, b"k0") is not None
+
+
+def test_deleted_keys_do_not_grow_the_queue(store: Store) -> None:
+    for i in range(20000):
+        store.store(SET, b"k", 0, 0, b"x\r\n")
+        store.delete(b"k")
+        store.store(SET, b"k%d" % (i % 10), 0, 0, b"x\r\n")
+        store.delete(b"k%d" % (i % 10))
+    assert len(store._queue) < 3000
+
+
+def test_set_maxbytes_shrinks(clock: ManualClock) -> None:
+    store = Store(clock=clock, maxbytes=10_000_000)
+    for i in range(2000):
+        store.store(SET, b"k%d" % i, 0, 0, b"x" * 500 + b"\r\n")
+    store.set_maxbytes(100_000)
+    assert store.mem_used <= 100_000 and store.curr_items < 2000
+
+
+def test_stats_counters(store: Store) -> None:
+    store.store(SET, b"a", 0, 0, b"1\r\n")
+    store.get([b"a", b"b"])
+    store.delete(b"b")
+    assert store.stats.get_cmds == 2 and store.stats.get_misses == 1
+    assert sum(c.get_hits for c in store.class_stats) == 1
+    assert store.stats.delete_misses == 1
+    assert store.curr_items == 1 and store.stats.total_items == 1
+    assert store.bytes == 48 + 2 + 3 + 8
