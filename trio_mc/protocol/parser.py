@@ -146,7 +146,8 @@ class Parser:
             pos = nl + 1
             if command is not None:
                 out.append(command)
-                if self.closed:
+                if command.__class__ is cmd.Quit or command.__class__ is cmd.Close:
+                    self.closed = True
                     break
             if self._swallow:
                 taken = min(self._swallow, end_of_buf - pos)
@@ -292,7 +293,6 @@ class Parser:
         return cmd.Shutdown(None)
 
     def _quit(self, tokens: list[bytes]) -> cmd.Command:
-        self.closed = True
         return cmd.Quit()
 
 

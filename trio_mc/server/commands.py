@@ -41,6 +41,10 @@ _VERSION = replies.version(MEMCACHED_VERSION)
 
 def do_get(c: cmd.Get, conn: Conn, out: list[Any]) -> None:
     hits = conn.store.get(c.keys, c.exptime)
+    if conn.settings.detail_enabled:
+        found = {hit[0] for hit in hits}
+        for key in c.keys:
+            conn.server.prefix_stats.record_get(key, key in found)
     if c.with_cas:
         for key, flags, cas, data in hits:
             out.append(b"VALUE %b %d %d %d\r\n" % (key, flags, len(data) - 2, cas))
@@ -53,18 +57,24 @@ def do_get(c: cmd.Get, conn: Conn, out: list[Any]) -> None:
 
 
 def do_store(c: cmd.Store, conn: Conn, out: list[Any]) -> None:
+    if conn.settings.detail_enabled:
+        conn.server.prefix_stats.record_set(c.key)
     result = conn.store.store(c.mode, c.key, c.flags, c.exptime, c.data, c.cas)
     if not c.noreply:
         out.append(_STORE_REPLIES[result])
 
 
 def do_too_large(c: cmd.TooLarge, conn: Conn, out: list[Any]) -> None:
+    if conn.settings.detail_enabled:
+        conn.server.prefix_stats.record_set(c.key)
     conn.store.too_large(c.mode, c.key)
     if not c.noreply:
         out.append(replies.SERVER_ERROR_TOO_LARGE)
 
 
 def do_delete(c: cmd.Delete, conn: Conn, out: list[Any]) -> None:
+    if conn.settings.detail_enabled:
+        conn.server.prefix_stats.record_delete(c.key)
     deleted = conn.store.delete(c.key)
     if not c.noreply:
         out.append(replies.DELETED if deleted else replies.NOT_FOUND)
@@ -139,8 +149,7 @@ def do_quit(c: cmd.Quit, conn: Conn, out: list[Any]) -> None:
 
 
 def do_close(c: cmd.Close, conn: Conn, out: list[Any]) -> None:
-    conn.closing = True
-    out.clear()  # memcached drops the connection without flushing
+    conn.closing = True  # replies of earlier commands in the batch are still sent
 
 
 def do_reply(c: cmd.Reply, conn: Conn, out: list[Any]) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from trio_mc.server.prefix_stats import PrefixStats
 from trio_mc.settings import Settings
 from trio_mc.store.store import Store
 
@@ -48,6 +49,7 @@ class ServerState:
     store: Store
     started_wall: float = field(default_factory=time.time)
     thread_stats: list[ThreadStats] = field(default_factory=list)
+    prefix_stats: PrefixStats = field(default_factory=PrefixStats)
     listeners: list[Listener] = field(default_factory=list)
     conns: dict[int, Conn] = field(default_factory=dict)  # fd -> live client connection
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -59,6 +61,9 @@ class ServerState:
     #: Set by the server: ask for a shutdown (``True`` for graceful), from any thread.
     request_shutdown: Callable[[bool], None] = lambda graceful: None
     pid: int = field(default_factory=os.getpid)
+
+    def __post_init__(self) -> None:
+        self.prefix_stats.delimiter = self.settings.prefix_delimiter.encode()
 
     def new_thread_stats(self) -> ThreadStats:
         stats = ThreadStats()

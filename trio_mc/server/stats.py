@@ -272,6 +272,7 @@ def reset(state: ServerState) -> None:
     with state.lock:
         state.total_conns = 0
         state.rejected_conns = 0
+    state.prefix_stats.clear()
 
 
 def render(state: ServerState, args: list[bytes]) -> bytes:
@@ -296,7 +297,7 @@ def render(state: ServerState, args: list[bytes]) -> bytes:
         if len(args) < 2 or args[1] not in (b"on", b"off", b"dump"):
             return replies.CLIENT_ERROR_STATS_DETAIL
         if args[1] == b"dump":
-            return replies.END
+            return state.prefix_stats.dump()
         state.settings.detail_enabled = args[1] == b"on"
         return replies.OK
     if sub == b"cachedump":
