@@ -26,11 +26,11 @@ def value(store: Store, key: bytes) -> bytes | None:
 
 
 def test_modes(store: Store) -> None:
-    assert store.store(ADD, b"k", 1, 0, b"a\r\n") is StoreResult.STORED
-    assert store.store(ADD, b"k", 1, 0, b"b\r\n") is StoreResult.NOT_STORED
-    assert store.store(REPLACE, b"x", 0, 0, b"b\r\n") is StoreResult.NOT_STORED
-    assert store.store(APPEND, b"k", 9, 0, b"z\r\n") is StoreResult.STORED
-    assert store.store(PREPEND, b"k", 9, 0, b"y\r\n") is StoreResult.STORED
+    assert store.store(ADD, b"k", 1, 0, b"a\r\n")[0] is StoreResult.STORED
+    assert store.store(ADD, b"k", 1, 0, b"b\r\n")[0] is StoreResult.NOT_STORED
+    assert store.store(REPLACE, b"x", 0, 0, b"b\r\n")[0] is StoreResult.NOT_STORED
+    assert store.store(APPEND, b"k", 9, 0, b"z\r\n")[0] is StoreResult.STORED
+    assert store.store(PREPEND, b"k", 9, 0, b"y\r\n")[0] is StoreResult.STORED
     assert value(store, b"k") == b"yaz"
     assert store.get([b"k"])[0][1] == 1  # append/prepend keep the old flags
 
@@ -40,9 +40,9 @@ def test_cas_counter_is_global_and_checked(store: Store) -> None:
     store.store(SET, b"b", 0, 0, b"1\r\n")
     cas_b = store.get([b"b"])[0][2]
     assert cas_b == 2
-    assert store.store(CAS, b"b", 0, 0, b"2\r\n", 1) is StoreResult.EXISTS
-    assert store.store(CAS, b"b", 0, 0, b"2\r\n", cas_b) is StoreResult.STORED
-    assert store.store(CAS, b"nope", 0, 0, b"2\r\n", 5) is StoreResult.NOT_FOUND
+    assert store.store(CAS, b"b", 0, 0, b"2\r\n", 1)[0] is StoreResult.EXISTS
+    assert store.store(CAS, b"b", 0, 0, b"2\r\n", cas_b)[0] is StoreResult.STORED
+    assert store.store(CAS, b"nope", 0, 0, b"2\r\n", 5)[0] is StoreResult.NOT_FOUND
 
 
 def test_cas_off(clock: ManualClock) -> None:
@@ -72,7 +72,7 @@ def test_relative_absolute_and_negative_expiry(store: Store, clock: ManualClock)
     store.store(SET, b"rel", 0, 10, b"x\r\n")
     store.store(SET, b"abs", 0, clock.process_started + clock.now() + 20, b"x\r\n")
     store.store(SET, b"past", 0, 2592001, b"x\r\n")  # absolute, long ago
-    assert store.store(SET, b"neg", 0, -1, b"x\r\n") is StoreResult.STORED
+    assert store.store(SET, b"neg", 0, -1, b"x\r\n")[0] is StoreResult.STORED
     assert value(store, b"past") is None and value(store, b"neg") is None
     clock.advance(9)
     assert value(store, b"rel") == b"x"
@@ -130,7 +130,7 @@ def test_memory_limit_evicts_oldest_unless_recently_read(clock: ManualClock) -> 
 
 def test_no_evict_mode_refuses(clock: ManualClock) -> None:
     store = Store(clock=clock, maxbytes=50_000, evict=False)
-    results = [store.store(SET, b"k%d" % i, 0, 0, b"x" * 1000 + b"\r\n") for i in range(100)]
+    results = [store.store(SET, b"k%d" % i, 0, 0, b"x" * 1000 + b"\r\n")[0] for i in range(100)]
     assert StoreResult.NO_MEMORY in results
     assert store.stats.store_no_memory > 0
     assert value(store, b"k0") is not None

@@ -137,7 +137,60 @@ class Reply:
     data: bytes
 
 
+
+
+@dataclass(slots=True)
+class Meta:
+    """mg/ms/md/ma: the key (decoded when ``b``), the flag tokens as sent, their values.
+
+    ``tokens`` keeps the request's flags in order because return flags are answered in that
+    order.  ``late_error`` is an error memcached reports only after it has applied the
+    command (an over-long opaque on mg/ma).
+    """
+
+    op: int  # ord("g"), ord("s"), ord("d") or ord("a")
+    key: bytes
+    tokens: list[bytes]
+    binary: bool = False
+    quiet: bool = False
+    value: bool = False
+    no_update: bool = False
+    stale: bool = False
+    drop_value: bool = False
+    ttl: int | None = None
+    vivify: int | None = None
+    recache: int | None = None
+    client_flags: int = 0
+    compare_cas: int | None = None
+    new_cas: int | None = None
+    delta: int = 1
+    initial: int = 0
+    mode: int = 0
+    need: int = 0  # ms: length of the data block to read, "\r\n" included
+    data: bytes | None = None
+    late_error: bytes | None = None
+
+
+@dataclass(slots=True)
+class MetaSwallow:
+    """An ms refused once its length was known: the reply, then its data block is discarded.
+
+    ``drop_key`` is set when the value was too large: memcached then drops the old value.
+    """
+
+    reply: bytes
+    need: int
+    drop_key: bytes | None
+
+
+@dataclass(slots=True)
+class MetaDebug:
+    """me: memcached's item debug line."""
+
+    key: bytes
+
+
 Command = (
     Get | Store | TooLarge | Delete | Arith | Touch | FlushAll | Verbosity | MemLimit
-    | Shutdown | Stats | Version | Quit | Close | Reply
+    | Shutdown | Stats | Version | Quit | Close | Reply | Meta | MetaSwallow | MetaDebug
 )

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
+from trio_mc.protocol.meta import parse_meta
 from trio_mc.numbers import safe_strtol, safe_strtoul, safe_strtoull
 from trio_mc.sizes import item_total_size
 
@@ -42,7 +43,6 @@ _EXPTIME = cmd.Reply(replies.CLIENT_ERROR_EXPTIME)
 _DELTA = cmd.Reply(replies.CLIENT_ERROR_DELTA)
 _BAD_CHUNK = cmd.Reply(replies.CLIENT_ERROR_BAD_CHUNK)
 _DELETE_USAGE = cmd.Reply(replies.CLIENT_ERROR_DELETE_USAGE)
-_MN = cmd.Reply(replies.MN)
 _NOREPLY = b"noreply"
 
 
@@ -55,7 +55,7 @@ class Parser:
     """
 
     __slots__ = (
-        "_buf", "_pos", "_search_from", "_pending", "_parts", "_have", "_swallow",
+        "_buf", "_pos", "_search_from", "_pending", "_need", "_parts", "_have", "_swallow",
         "closed", "item_size_max", "use_cas",
     )
 
@@ -65,9 +65,9 @@ class Parser:
         self._buf = b""
         self._pos = 0
         self._search_from = 0  # where the newline search resumes in an unterminated line
-        # A storage command waiting for its data block: (mode, key, flags, exptime, cas,
-        # noreply, bytes needed including "\r\n").
-        self._pending: tuple[cmd.StoreMode, bytes, int, int, int, bool, int] | None = None
+        # A storage command waiting for its data block of _need bytes ("\r\n" included).
+        self._pending: cmd.Store | cmd.Meta | None = None
+        self._need = 0
         self._parts: list[bytes] = []  # pieces of a data block still arriving
         self._have = 0
         self._swallow = 0  # bytes of a rejected data block still to discard
@@ -102,7 +102,7 @@ class Parser:
             # Collect a data block without re-copying the buffer on every read.
             self._parts.append(data)
             self._have += len(data)
-            if self._have < self._pending[6]:
+            if self._have < self._need:
                 return out
             buf = b"".join(self._parts)
             self._parts = []
@@ -116,7 +116,7 @@ class Parser:
         while pos < end_of_buf:
             pending = self._pending
             if pending is not None:
-                need = pending[6]
+                need = self._need
                 if end_of_buf - pos < need:
                     self._parts = [buf[pos:]]
                     self._have = end_of_buf - pos
@@ -126,11 +126,11 @@ class Parser:
                 block = buf[pos:pos + need]
                 pos += need
                 self._pending = None
-                mode, key, flags, exptime, cas, noreply, _ = pending
                 if block.endswith(b"\r\n"):
-                    out.append(cmd.Store(mode, key, flags, exptime, block, cas, noreply))
-                elif not noreply:
-                    out.append(_BAD_CHUNK)
+                    pending.data = block
+                    out.append(pending)
+                elif pending.__class__ is cmd.Meta or not pending.noreply:  # type: ignore[union-attr]
+                    out.append(_BAD_CHUNK)  # meta commands always report it
                 continue
             nl = buf.find(b"\n", pos + self._search_from)
             if nl < 0:
@@ -218,10 +218,11 @@ class Parser:
         if vlen < 0 or vlen > _INT_MAX - 2:
             return None if noreply else _FORMAT
         need = vlen + 2
-        if item_total_size(len(key), flags, need, self.use_cas) > self.item_size_max:
+        if self._too_large(len(key), flags, need):
             self._swallow = need
             return cmd.TooLarge(mode, key, noreply)
-        self._pending = (mode, key, flags, exptime, cas, noreply, need)
+        self._pending = cmd.Store(mode, key, flags, exptime, b"", cas, noreply)
+        self._need = need
         return None
 
     def _arith(self, tokens: list[bytes], incr: bool) -> cmd.Command | None:
@@ -292,8 +293,18 @@ class Parser:
             return cmd.Shutdown(b"graceful")
         return cmd.Shutdown(None)
 
-    def _quit(self, tokens: list[bytes]) -> cmd.Command:
-        return cmd.Quit()
+    def _meta(self, tokens: list[bytes]) -> cmd.Command | None:
+        command = parse_meta(tokens, self._too_large)
+        if command.__class__ is cmd.MetaSwallow:
+            self._swallow = command.need  # type: ignore[union-attr]
+        elif command.__class__ is cmd.Meta and command.need:  # type: ignore[union-attr]
+            self._pending = command  # type: ignore[assignment]
+            self._need = command.need  # type: ignore[union-attr]
+            return None
+        return command
+
+    def _too_large(self, key_length: int, flags: int, value_length: int) -> bool:
+        return item_total_size(key_length, flags, value_length, self.use_cas) > self.item_size_max
 
 
 _Handler = Callable[[Parser, list[bytes]], "cmd.Command | None"]
@@ -318,10 +329,10 @@ _HANDLERS: dict[bytes, _Handler] = {
     b"verbosity": Parser._verbosity,
     b"cache_memlimit": Parser._memlimit,
     b"shutdown": Parser._shutdown,
-    b"quit": Parser._quit,
+    b"quit": lambda p, t: cmd.Quit(),
     b"version": lambda p, t: cmd.Version(),
     b"stats": lambda p, t: cmd.Stats(t[1:]),
-    b"mn": lambda p, t: _MN,
+    **{b"m" + bytes([op]): Parser._meta for op in b"gsdaen"},
 }
 _UNBOUNDED = {_HANDLERS[name] for name in (b"get", b"bget", b"gets", b"gat", b"gats")}
 

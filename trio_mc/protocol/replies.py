@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from trio_mc.protocol.base64 import encode as b64encode
+
 STORED = b"STORED\r\n"
 NOT_STORED = b"NOT_STORED\r\n"
 EXISTS = b"EXISTS\r\n"
@@ -65,3 +67,40 @@ def stat_lines(stats: Iterable[tuple[str, object]], *, end: bool = True) -> byte
     """``STAT <name> <value>`` lines, then ``END`` (memcached's ``APPEND_STAT``)."""
     body = b"".join(b"STAT %s %s\r\n" % (name.encode(), str(value).encode()) for name, value in stats)
     return body + END if end else body
+
+
+# -- meta protocol ---------------------------------------------------------------------------
+
+def meta_key(key: bytes, binary: bool) -> bytes:
+    """The ``k`` return flag: the key, base64 with a ``b`` flag when it is binary."""
+    if binary:
+        return b" k" + b64encode(key) + b" b"
+    return b" k" + key
+
+
+def meta_flags(tokens: list[bytes], values: dict[int, bytes], key: bytes, binary: bool) -> bytes:
+    """Return flags in request order: ``O`` echoes its token, ``k`` the key, and every
+    flag in ``values`` its value (``t`` -> `` t30``); other flags return nothing."""
+    out = []
+    for token in tokens:
+        flag = token[0]
+        if flag == 0x4F:  # O
+            out.append(b" " + token)
+        elif flag == 0x6B:  # k
+            out.append(meta_key(key, binary))
+        else:
+            value = values.get(flag)
+            if value is not None:
+                out.append(b" %c%b" % (flag, value))
+    return b"".join(out)
+
+
+def meta_debug(key: bytes, binary: bool, exp: int, la: int, cas: int, fetched: bool, clsid: int,
+               size: int) -> bytes:
+    """The ``me`` line."""
+    shown = b64encode(key) if binary else key
+    return b"ME %b exp=%d la=%d cas=%d fetch=%b cls=%d size=%d\r\n" % (
+        shown, exp, la, cas, b"yes" if fetched else b"no", clsid, size)
+
+
+EN = b"EN\r\n"

@@ -16,7 +16,7 @@ from trio_mc import MEMCACHED_VERSION
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
 from trio_mc.server import stats
-from trio_mc.store.store import DeltaResult, StoreResult
+from trio_mc.store.store import ADD, APPEND, CAS, PREPEND, REPLACE, SET, DeltaResult, StoreResult
 
 if TYPE_CHECKING:
     from trio_mc.server.conn import Conn
@@ -59,7 +59,7 @@ def do_get(c: cmd.Get, conn: Conn, out: list[Any]) -> None:
 def do_store(c: cmd.Store, conn: Conn, out: list[Any]) -> None:
     if conn.settings.detail_enabled:
         conn.server.prefix_stats.record_set(c.key)
-    result = conn.store.store(c.mode, c.key, c.flags, c.exptime, c.data, c.cas)
+    result = conn.store.store(c.mode, c.key, c.flags, c.exptime, c.data, c.cas)[0]
     if not c.noreply:
         out.append(_STORE_REPLIES[result])
 
@@ -173,3 +173,153 @@ HANDLERS: dict[type, Callable[[Any, Conn, list[Any]], None]] = {
     cmd.Close: do_close,
     cmd.Reply: do_reply,
 }
+
+
+# -- meta commands -----------------------------------------------------------------------------
+
+_TTL_FLAGS = frozenset(b"TNRt")
+_STORE_MODES = {0: SET, ord("S"): SET, ord("E"): ADD, ord("A"): APPEND, ord("P"): PREPEND,
+                ord("R"): REPLACE}
+_META_STORE_CODES = {
+    StoreResult.STORED: b"HD", StoreResult.NOT_STORED: b"NS", StoreResult.EXISTS: b"EX",
+    StoreResult.NOT_FOUND: b"NF",
+}
+
+
+def _ttl_ops(c: cmd.Meta) -> list[tuple[int, int]]:
+    """T, N, R and t in request order, with their parsed tokens."""
+    values = {0x54: c.ttl, 0x4E: c.vivify, 0x52: c.recache}
+    return [(t[0], values.get(t[0]) or 0) for t in c.tokens if t[0] in _TTL_FLAGS]
+
+
+def do_meta(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
+    _META_HANDLERS[c.op](c, conn, out)
+
+
+def _meta_get(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
+    item = conn.store.meta_get(
+        c.key, _ttl_ops(c), vivify=c.vivify is not None,
+        bump=not c.no_update, touched=c.ttl is not None, binary=c.binary, new_cas=c.new_cas,
+    )
+    if conn.settings.detail_enabled:
+        conn.server.prefix_stats.record_get(c.key, item is not None)
+    if c.late_error:
+        out.append(c.late_error)
+        return
+    if item is None:
+        if not c.quiet:
+            out.append(b"EN" + replies.meta_flags(c.tokens, {}, c.key, c.binary) + b"\r\n")
+        return
+    size = len(item.data) - 2
+    values = {
+        0x73: b"%d" % size,  # s
+        0x63: b"%d" % item.cas,  # c
+        0x66: b"%d" % item.flags,  # f
+        0x6C: b"%d" % item.idle,  # l
+        0x68: b"1" if item.fetched else b"0",  # h
+    }
+    if item.ttl is not None:
+        values[0x74] = b"%d" % item.ttl
+    send_value = c.value and not (c.compare_cas is not None and c.compare_cas == item.cas)
+    line = [b"VA %d" % size if send_value else b"HD",
+            replies.meta_flags(c.tokens, values, c.key, item.binary)]
+    if item.token_sent:
+        line.append(b" Z")
+    if item.stale:
+        line.append(b" X")
+    if item.won:
+        line.append(b" W")
+    line.append(b"\r\n")
+    out.append(b"".join(line))
+    if send_value:
+        out.append(item.data)
+
+
+def _meta_set(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
+    assert c.data is not None
+    mode = _STORE_MODES[c.mode]
+    if c.compare_cas is not None and mode in (SET, REPLACE):
+        mode = CAS
+    if conn.settings.detail_enabled:
+        conn.server.prefix_stats.record_set(c.key)
+    result, cas, size = conn.store.store(
+        mode, c.key, c.client_flags, c.ttl or 0, c.data, c.compare_cas or 0,
+        stale=c.stale, binary=c.binary, new_cas=c.new_cas, vivify=c.vivify,
+    )
+    if result is StoreResult.NO_MEMORY:
+        out.append(replies.SERVER_ERROR_NO_MEMORY)
+        return
+    if result is StoreResult.STORED and c.quiet:
+        return
+    values = {0x63: b"%d" % cas}
+    if result is StoreResult.STORED:
+        values[0x73] = b"%d" % size
+    out.append(_META_STORE_CODES[result] + replies.meta_flags(c.tokens, values, c.key, c.binary) + b"\r\n")
+
+
+def _meta_delete(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
+    if conn.settings.detail_enabled:
+        conn.server.prefix_stats.record_delete(c.key)
+    code = conn.store.meta_delete(c.key, compare_cas=c.compare_cas, stale=c.stale, ttl=c.ttl,
+                                  drop_value=c.drop_value, new_cas=c.new_cas)
+    if code == "HD" and c.quiet:
+        return
+    out.append(code.encode() + replies.meta_flags(c.tokens, {}, c.key, c.binary) + b"\r\n")
+
+
+def _meta_arith(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
+    incr = c.mode not in (ord("D"), ord("-"))
+    result, value, cas, ttl, created = conn.store.meta_arith(
+        c.key, incr, c.delta, _ttl_ops(c), compare_cas=c.compare_cas,
+        vivify=c.vivify is not None, initial=c.initial, binary=c.binary, new_cas=c.new_cas,
+    )
+    if result is DeltaResult.NON_NUMERIC:
+        out.append(replies.CLIENT_ERROR_NON_NUMERIC)
+        return
+    if result is DeltaResult.NO_MEMORY:
+        out.append(replies.SERVER_ERROR_OOM)
+        return
+    if c.late_error:
+        out.append(c.late_error)
+        return
+    flags = replies.meta_flags
+    if result is DeltaResult.NOT_FOUND:
+        out.append(b"NF" + flags(c.tokens, {}, c.key, c.binary) + b"\r\n")
+        return
+    if result is DeltaResult.CAS_MISMATCH:
+        out.append(b"EX" + flags(c.tokens, {}, c.key, c.binary) + b"\r\n")
+        return
+    if c.quiet and not created:
+        return
+    text = b"%d" % value
+    values = {0x63: b"%d" % cas}
+    if ttl is not None:
+        values[0x74] = b"%d" % ttl
+    head = b"VA %d" % len(text) if c.value else b"HD"
+    out.append(head + flags(c.tokens, values, c.key, c.binary) + b"\r\n")
+    if c.value:
+        out.append(text + b"\r\n")
+
+
+_META_HANDLERS: dict[int, Callable[[cmd.Meta, Conn, list[Any]], None]] = {
+    ord("g"): _meta_get, ord("s"): _meta_set, ord("d"): _meta_delete, ord("a"): _meta_arith,
+}
+
+
+def do_meta_swallow(c: cmd.MetaSwallow, conn: Conn, out: list[Any]) -> None:
+    if c.drop_key is not None:  # too large: count it and drop the stale value, as memcached
+        conn.store.too_large(SET, c.drop_key)
+    out.append(c.reply)
+
+
+def do_meta_debug(c: cmd.MetaDebug, conn: Conn, out: list[Any]) -> None:
+    conn.tstats.cmd_meta += 1
+    info = conn.store.debug(c.key)
+    if info is None:
+        out.append(replies.EN)
+        return
+    exp, la, cas, fetched, clsid, size, binary = info
+    out.append(replies.meta_debug(c.key, binary, exp, la, cas, fetched, clsid, size))
+
+
+HANDLERS.update({cmd.Meta: do_meta, cmd.MetaSwallow: do_meta_swallow, cmd.MetaDebug: do_meta_debug})

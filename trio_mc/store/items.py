@@ -23,6 +23,7 @@ FETCHED = 0x01  # read at least once since it was stored
 ACTIVE = 0x02  # read again after that: survives one pass of the eviction hand
 STALE = 0x04  # marked stale by a meta invalidation
 TOKEN_SENT = 0x08  # a meta client already won the right to recache it
+KEY_BINARY = 0x10  # stored through the meta protocol with a base64 (binary) key
 
 
 def make(flags: int, exptime: int, time: int, cas: int, iflags: int, data: bytes) -> bytes:

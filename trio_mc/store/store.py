@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from dataclasses import dataclass
 from collections import deque
 from collections.abc import Iterator
 
@@ -33,7 +34,9 @@ from trio_mc.numbers import safe_strtoull
 from trio_mc.sizes import item_total_size
 from trio_mc.store import items
 from trio_mc.store.clock import Clock
-from trio_mc.store.items import ACTIVE, FETCHED, HEADER_SIZE, pack_header, unpack_header
+from trio_mc.store.items import (
+    ACTIVE, FETCHED, HEADER_SIZE, KEY_BINARY, STALE, TOKEN_SENT, pack_header, unpack_header,
+)
 from trio_mc.store.slabs import SlabClasses
 
 #: Relative exptimes go up to 30 days; larger values are absolute Unix times.
@@ -77,10 +80,28 @@ class DeltaResult(enum.Enum):
     NON_NUMERIC = "NON_NUMERIC"
     NOT_FOUND = "NOT_FOUND"
     NO_MEMORY = "NO_MEMORY"
+    CAS_MISMATCH = "CAS_MISMATCH"
 
 
 # Storage modes, mirroring protocol.commands.StoreMode without importing the protocol.
 ADD, SET, REPLACE, APPEND, PREPEND, CAS = 1, 2, 3, 4, 5, 6
+
+
+@dataclass(slots=True, frozen=True)
+class MetaItem:
+    """What an mg hit reports: the item as it was before this command touched it, except
+    ``ttl``, which is the remaining TTL at the position of the ``t`` flag."""
+
+    flags: int
+    cas: int
+    data: memoryview
+    ttl: int | None
+    fetched: bool
+    idle: int
+    won: bool
+    token_sent: bool
+    stale: bool
+    binary: bool
 
 
 class ClassStats:
@@ -369,25 +390,38 @@ class Store:
                 hits.append((key, flags, cas, memoryview(record)[HEADER_SIZE:]))
         return hits
 
-    def store(self, mode: int, key: bytes, flags: int, exptime: int, data: bytes, cas: int = 0) -> StoreResult:
-        """set/add/replace/append/prepend/cas (memcached's ``do_store_item``).
+    def store(
+        self, mode: int, key: bytes, flags: int, exptime: int, data: bytes, cas: int = 0, *,
+        stale: bool = False, binary: bool = False, new_cas: int | None = None,
+        vivify: int | None = None,
+    ) -> tuple[StoreResult, int, int]:
+        """set/add/replace/append/prepend/cas and ms (memcached's ``do_store_item``).
 
-        ``data`` is the value with its trailing ``\\r\\n``.
+        ``data`` is the value with its trailing ``\\r\\n``.  Meta extras: ``stale`` (ms I:
+        a CAS older than the item's stores the value but marks it stale), ``binary`` (the key
+        was base64), ``new_cas`` (E), ``vivify`` (ms N: append/prepend create on miss).
+
+        Returns the result, the stored item's CAS (0 if nothing was stored) and its value
+        length.
         """
         with self.lock:
             now = self.clock.now()
             old = self._find(key, now)
+            iflags = KEY_BINARY if binary else 0
             if old is None:
                 self.class_stats[self.slabs.clsid(item_total_size(len(key), flags, len(data), self.use_cas))].cmd_set += 1
                 if mode == CAS:
                     self.stats.cas_misses += 1
-                    return StoreResult.NOT_FOUND
-                if mode != SET and mode != ADD:
-                    return StoreResult.NOT_STORED
-                record = pack_header(flags, self.realtime(exptime), now, self._next_cas(), 0) + data
+                    return StoreResult.NOT_FOUND, 0, 0
+                if (mode == APPEND or mode == PREPEND) and vivify is not None:
+                    exptime = vivify
+                elif mode != SET and mode != ADD:
+                    return StoreResult.NOT_STORED, 0, 0
+                cas_value = self._cas_for(new_cas)
+                record = pack_header(flags, self.realtime(exptime), now, cas_value, iflags) + data
                 if not self._link(key, None, record, now):
-                    return self._out_of_memory(mode, key)
-                return StoreResult.STORED
+                    return self._out_of_memory(mode, key), 0, 0
+                return StoreResult.STORED, cas_value, len(data) - 2
             old_flags, old_exptime, old_time, old_cas, old_iflags = unpack_header(old)
             cls = self.class_stats[self._clsid(key, old_flags, old)]
             cls.cmd_set += 1
@@ -395,25 +429,39 @@ class Store:
                 new_time = self._update_time(old_time, now)
                 if new_time != old_time:
                     self._items[key] = pack_header(old_flags, old_exptime, new_time, old_cas, old_iflags) + old[HEADER_SIZE:]
-                return StoreResult.NOT_STORED
+                return StoreResult.NOT_STORED, 0, 0
+            new_exptime = self.realtime(exptime)
             if mode == CAS:
-                if cas != old_cas or not cas:
+                if cas and cas == old_cas:
+                    cls.cas_hits += 1
+                elif stale and cas and cas < old_cas:
+                    # A late writer with an old CAS: keep its value, but mark it stale and
+                    # keep the item's TTL and recache state.
+                    cls.cas_hits += 1
+                    new_exptime = old_exptime
+                    iflags |= STALE | (old_iflags & TOKEN_SENT)
+                else:
                     cls.cas_badval += 1
-                    return StoreResult.EXISTS
-                cls.cas_hits += 1
+                    return StoreResult.EXISTS, 0, 0
             if mode == APPEND or mode == PREPEND:
                 if cas and cas != old_cas:
-                    return StoreResult.EXISTS
+                    return StoreResult.EXISTS, 0, 0
                 # The combined item keeps the old flags and expiry.
                 value = old[HEADER_SIZE:-2] + data if mode == APPEND else data[:-2] + old[HEADER_SIZE:]
                 if item_total_size(len(key), old_flags, len(value), self.use_cas) > self.item_size_max:
-                    return StoreResult.NOT_STORED
-                record = pack_header(old_flags, old_exptime, now, self._next_cas(), 0) + value
-            else:
-                record = pack_header(flags, self.realtime(exptime), now, self._next_cas(), 0) + data
+                    return StoreResult.NOT_STORED, 0, 0
+                flags, new_exptime, data = old_flags, old_exptime, value
+            cas_value = self._cas_for(new_cas)
+            record = pack_header(flags, new_exptime, now, cas_value, iflags) + data
             if not self._link(key, old, record, now):
-                return self._out_of_memory(mode, key)
-            return StoreResult.STORED
+                return self._out_of_memory(mode, key), 0, 0
+            return StoreResult.STORED, cas_value, len(data) - 2
+
+    def _cas_for(self, new_cas: int | None) -> int:
+        """The CAS of a modified item: the client's (meta E) or the next one."""
+        if new_cas is not None and self.use_cas:
+            return new_cas
+        return self._next_cas()
 
     def too_large(self, mode: int, key: bytes) -> None:
         """A storage command was refused for ``-I``: count it; a failed set drops the old value."""
@@ -444,38 +492,191 @@ class Store:
         """
         with self.lock:
             now = self.clock.now()
-            record = self._find(key, now)
-            if record is None:
+            result, value, _ = self._delta(key, incr, delta, now, None, None)
+            if result is DeltaResult.NOT_FOUND:
                 if incr:
                     self.stats.incr_misses += 1
                 else:
                     self.stats.decr_misses += 1
-                return DeltaResult.NOT_FOUND, 0
-            nbytes = len(record) - HEADER_SIZE  # with "\r\n"
-            value = safe_strtoull(record[HEADER_SIZE:]) if nbytes > 2 else None
-            if value is None:
-                return DeltaResult.NON_NUMERIC, 0
-            if incr:
-                value = (value + delta) % _U64
-            else:
-                value = value - delta if delta < value else 0
-            flags, exptime, time, _, iflags = unpack_header(record)
+            return result, value
+
+    def _delta(self, key: bytes, incr: bool, delta: int, now: int, compare_cas: int | None,
+               new_cas: int | None) -> tuple[DeltaResult, int, bytes | None]:
+        """The arithmetic shared by incr/decr and ma; returns the new record too."""
+        record = self._find(key, now)
+        if record is None:
+            return DeltaResult.NOT_FOUND, 0, None
+        nbytes = len(record) - HEADER_SIZE  # with "\r\n"
+        if nbytes <= 2:
+            return DeltaResult.NON_NUMERIC, 0, None
+        flags, exptime, time, cas, iflags = unpack_header(record)
+        if compare_cas and cas != compare_cas:
+            return DeltaResult.CAS_MISMATCH, 0, None
+        value = safe_strtoull(record[HEADER_SIZE:])
+        if value is None:
+            return DeltaResult.NON_NUMERIC, 0, None
+        if incr:
+            value = (value + delta) % _U64
+        else:
+            value = value - delta if delta < value else 0
+        cls = self.class_stats[self._clsid(key, flags, record)]
+        if incr:
+            cls.incr_hits += 1
+        else:
+            cls.decr_hits += 1
+        text = b"%d" % value
+        if len(text) + 2 <= nbytes:
+            new = (pack_header(flags, exptime, self._update_time(time, now), self._cas_for(new_cas), iflags)
+                   + text.ljust(nbytes - 2) + b"\r\n")
+            self._items[key] = new
+            return DeltaResult.OK, value, new
+        new = pack_header(flags, exptime, now, self._cas_for(new_cas), iflags & KEY_BINARY) + text + b"\r\n"
+        if not self._link(key, record, new, now):
+            return DeltaResult.NO_MEMORY, 0, None
+        return DeltaResult.OK, value, new
+
+    # -- meta commands ------------------------------------------------------------------------
+
+    def _apply_ttl_ops(self, ops: list[tuple[int, int]], exptime: int, created: bool, now: int,
+                       may_win: bool) -> tuple[int, int | None, bool]:
+        """Apply T, N and R in request order; ``t`` sees the TTL at its own position.
+
+        Returns the final exptime, the remaining TTL ``t`` reported (``None`` if not asked
+        for; -1 for never; wrapped to 32 bits as memcached prints it) and whether R won.
+        """
+        seen: int | None = None
+        won = False
+        for flag, raw in ops:
+            if flag == 0x54:  # T
+                exptime = self.realtime(raw)
+            elif flag == 0x4E:  # N
+                if created:
+                    exptime = self.realtime(raw)
+            elif flag == 0x52:  # R
+                if may_win and not created and exptime and exptime < self.realtime(raw):
+                    won = True
+            elif flag == 0x74:  # t
+                seen = -1 if exptime == 0 else (exptime - now) & 0xFFFFFFFF
+        return exptime, seen, won
+
+    def meta_get(self, key: bytes, ops: list[tuple[int, int]], *, vivify: bool, bump: bool,
+                 touched: bool, binary: bool, new_cas: int | None) -> MetaItem | None:
+        """mg: fetch, maybe create (N), apply T/R in order, hand out the recache token.
+
+        ``ops`` are the T, N, R and t flags in request order with their raw tokens.
+        """
+        with self.lock:
+            now = self.clock.now()
+            record = self._find(key, now)
+            created = False
+            if record is None and vivify:
+                new = pack_header(0, 0, now, self._cas_for(new_cas), KEY_BINARY if binary else 0) + b"\r\n"
+                if self._link(key, None, new, now):
+                    record, created = new, True
+            stats = self.stats
+            if record is None:
+                if touched:
+                    stats.touch_cmds += 1
+                    stats.touch_misses += 1
+                else:
+                    stats.get_cmds += 1
+                    stats.get_misses += 1
+                return None
+            flags, exptime, time, cas, iflags = unpack_header(record)
+            exptime, ttl, won = self._apply_ttl_ops(ops, exptime, created, now, not iflags & TOKEN_SENT)
+            if created and any(flag == 0x4E for flag, _ in ops):
+                won = True
+            token_sent = bool(iflags & TOKEN_SENT)
+            is_stale = bool(iflags & STALE)
+            if is_stale and not token_sent:
+                won = True
+            new_iflags = iflags | (TOKEN_SENT if won else 0)
+            new_time = time
+            if bump:
+                new_iflags, new_time = self._bumped(new_iflags, time, now)
+            self._items[key] = pack_header(flags, exptime, new_time, cas, new_iflags) + record[HEADER_SIZE:]
             cls = self.class_stats[self._clsid(key, flags, record)]
-            if incr:
-                cls.incr_hits += 1
+            if touched:
+                stats.touch_cmds += 1
+                cls.touch_hits += 1
             else:
-                cls.decr_hits += 1
-            text = b"%d" % value
-            if len(text) + 2 <= nbytes:
-                self._items[key] = (
-                    pack_header(flags, exptime, self._update_time(time, now), self._next_cas(), iflags)
-                    + text.ljust(nbytes - 2) + b"\r\n"
-                )
-                return DeltaResult.OK, value
-            new = pack_header(flags, exptime, now, self._next_cas(), 0) + text + b"\r\n"
-            if not self._link(key, record, new, now):
-                return DeltaResult.NO_MEMORY, 0
-            return DeltaResult.OK, value
+                stats.get_cmds += 1
+                cls.get_hits += 1
+            return MetaItem(
+                flags=flags, cas=cas, data=memoryview(record)[HEADER_SIZE:], ttl=ttl,
+                fetched=bool(iflags & FETCHED), idle=now - time, won=won, token_sent=token_sent,
+                stale=is_stale, binary=bool(iflags & KEY_BINARY),
+            )
+
+    def meta_delete(self, key: bytes, *, compare_cas: int | None, stale: bool, ttl: int | None,
+                    drop_value: bool, new_cas: int | None) -> str:
+        """md: delete, or with ``stale`` (I) keep the item marked stale; ``HD``/``NF``/``EX``."""
+        with self.lock:
+            now = self.clock.now()
+            record = self._find(key, now)
+            if record is None:
+                self.stats.delete_misses += 1
+                return "NF"
+            flags, exptime, time, cas, iflags = unpack_header(record)
+            if compare_cas is not None and cas != compare_cas:
+                self.stats.delete_misses += 1
+                return "EX"
+            if stale or drop_value:
+                if stale:
+                    if ttl is not None:
+                        exptime = self.realtime(ttl)
+                    iflags = (iflags | STALE) & ~TOKEN_SENT
+                new = pack_header(flags, exptime, time, self._cas_for(new_cas), iflags)
+                new += b"\r\n" if drop_value else record[HEADER_SIZE:]
+                self._link(key, record, new, now)
+                return "HD"
+            self.class_stats[self._clsid(key, flags, record)].delete_hits += 1
+            self._unlink(key, record)
+            return "HD"
+
+    def meta_arith(self, key: bytes, incr: bool, delta: int, ops: list[tuple[int, int]], *,
+                   compare_cas: int | None, vivify: bool, initial: int, binary: bool,
+                   new_cas: int | None) -> tuple[DeltaResult, int, int, int | None, bool]:
+        """ma: incr/decr, create on miss with ``initial`` (N), then T/N/t in request order.
+
+        Returns the result, the value, the item's CAS, the ``t`` TTL and whether it was
+        created.
+        """
+        with self.lock:
+            now = self.clock.now()
+            result, value, record = self._delta(key, incr, delta, now, compare_cas, new_cas)
+            created = False
+            if result is DeltaResult.NOT_FOUND:
+                if not vivify:
+                    if incr:
+                        self.stats.incr_misses += 1
+                    else:
+                        self.stats.decr_misses += 1
+                    return result, 0, 0, None, False
+                value = initial
+                record = pack_header(0, 0, now, self._cas_for(new_cas), KEY_BINARY if binary else 0) + b"%d\r\n" % value
+                if not self._link(key, None, record, now):
+                    return DeltaResult.NO_MEMORY, 0, 0, None, False
+                result, created = DeltaResult.OK, True
+            if record is None:
+                return result, 0, 0, None, False
+            flags, exptime, time, cas, iflags = unpack_header(record)
+            new_exptime, ttl, _ = self._apply_ttl_ops(ops, exptime, created, now, False)
+            if new_exptime != exptime and self._items.get(key) is record:
+                self._items[key] = pack_header(flags, new_exptime, time, cas, iflags) + record[HEADER_SIZE:]
+            return result, value, cas, ttl, created
+
+    def debug(self, key: bytes) -> tuple[int, int, int, bool, int, int, bool] | None:
+        """me: (exp, la, cas, fetched, class, size, binary key) as memcached's debug line."""
+        with self.lock:
+            now = self.clock.now()
+            record = self._find(key, now)
+            if record is None:
+                return None
+            flags, exptime, time, cas, iflags = unpack_header(record)
+            size = item_total_size(len(key), flags, len(record) - HEADER_SIZE, self.use_cas)
+            return (-1 if exptime == 0 else now - exptime, now - time, cas, bool(iflags & FETCHED),
+                    self.slabs.clsid(size), size, bool(iflags & KEY_BINARY))
 
     def flush_all(self, delay: int) -> None:
         """Invalidate every item updated before now + ``delay`` (memcached's rules)."""
