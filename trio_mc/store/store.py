@@ -252,6 +252,23 @@ class Store:
         iflags |= FETCHED | (ACTIVE if iflags & FETCHED else 0)
         return iflags, (now if time < now - ITEM_UPDATE_INTERVAL else time)
 
+    def _count_fetch(self, touched: bool, cls: ClassStats | None) -> None:
+        """Count one key of a read (``cls`` is ``None`` for a miss); reads that also set
+        a TTL (gat, mg T) count as touches, as in memcached."""
+        stats = self.stats
+        if touched:
+            stats.touch_cmds += 1
+            if cls is None:
+                stats.touch_misses += 1
+            else:
+                cls.touch_hits += 1
+        else:
+            stats.get_cmds += 1
+            if cls is None:
+                stats.get_misses += 1
+            else:
+                cls.get_hits += 1
+
     def _update_time(self, time: int, now: int) -> int:
         """``do_item_update``: the access time after a write-like touch of an item."""
         if self.lru_segmented or time < now - ITEM_UPDATE_INTERVAL:
@@ -363,29 +380,17 @@ class Store:
             now = self.clock.now()
             touch = exptime is not None
             new_exptime = self.realtime(exptime) if exptime is not None else 0
-            stats = self.stats
             for key in keys:
                 record = self._find(key, now)
                 if record is None:
-                    if touch:
-                        stats.touch_cmds += 1
-                        stats.touch_misses += 1
-                    else:
-                        stats.get_cmds += 1
-                        stats.get_misses += 1
+                    self._count_fetch(touch, None)
                     continue
                 flags, old_exptime, time, cas, iflags = unpack_header(record)
                 new_iflags, new_time = self._bumped(iflags, time, now)
-                cls = self.class_stats[self._clsid(key, flags, record)]
-                if touch:
-                    old_exptime = new_exptime
-                    stats.touch_cmds += 1
-                    cls.touch_hits += 1
-                else:
-                    stats.get_cmds += 1
-                    cls.get_hits += 1
+                self._count_fetch(touch, self.class_stats[self._clsid(key, flags, record)])
                 if touch or new_iflags != iflags or new_time != time:
-                    record = pack_header(flags, old_exptime, new_time, cas, new_iflags) + record[HEADER_SIZE:]
+                    record = pack_header(flags, new_exptime if touch else old_exptime, new_time, cas,
+                                         new_iflags) + record[HEADER_SIZE:]
                     self._items[key] = record
                 hits.append((key, flags, cas, memoryview(record)[HEADER_SIZE:]))
         return hits
@@ -573,14 +578,8 @@ class Store:
                 new = pack_header(0, 0, now, self._cas_for(new_cas), KEY_BINARY if binary else 0) + b"\r\n"
                 if self._link(key, None, new, now):
                     record, created = new, True
-            stats = self.stats
             if record is None:
-                if touched:
-                    stats.touch_cmds += 1
-                    stats.touch_misses += 1
-                else:
-                    stats.get_cmds += 1
-                    stats.get_misses += 1
+                self._count_fetch(touched, None)
                 return None
             flags, exptime, time, cas, iflags = unpack_header(record)
             exptime, ttl, won = self._apply_ttl_ops(ops, exptime, created, now, not iflags & TOKEN_SENT)
@@ -595,13 +594,7 @@ class Store:
             if bump:
                 new_iflags, new_time = self._bumped(new_iflags, time, now)
             self._items[key] = pack_header(flags, exptime, new_time, cas, new_iflags) + record[HEADER_SIZE:]
-            cls = self.class_stats[self._clsid(key, flags, record)]
-            if touched:
-                stats.touch_cmds += 1
-                cls.touch_hits += 1
-            else:
-                stats.get_cmds += 1
-                cls.get_hits += 1
+            self._count_fetch(touched, self.class_stats[self._clsid(key, flags, record)])
             return MetaItem(
                 flags=flags, cas=cas, data=memoryview(record)[HEADER_SIZE:], ttl=ttl,
                 fetched=bool(iflags & FETCHED), idle=now - time, won=won, token_sent=token_sent,
