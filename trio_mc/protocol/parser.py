@@ -169,6 +169,8 @@ class Parser:
         tokens = line.split(b" ")
         if b"" in tokens:
             tokens = [t for t in tokens if t]
+        if len(tokens) == 2 and tokens[0] == b"get" and len(tokens[1]) <= KEY_MAX_LENGTH:
+            return cmd.Get(tokens[1:], False)  # the most common command, without the dispatch
         if not tokens or len(tokens[0]) < 2:
             return _ERROR
         handler = _HANDLERS.get(tokens[0])

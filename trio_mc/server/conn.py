@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 #: Bytes asked of the kernel per read: large enough for deep pipelines, below glibc's
 #: mmap threshold (reads of 128 KiB and more cost an mmap/munmap each).
 READ_SIZE = 65536
-#: Consecutive reads that found data waiting before the connection yields anyway.
+#: Consecutive reads that found data waiting before the connection parks in Trio anyway
+#: (``wait_readable`` is a scheduling point), so a flooding client cannot starve others.
 READS_BEFORE_YIELD = 8
 
 _DISCONNECTED = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -49,33 +50,40 @@ class Transport(Protocol):
 
 
 class SocketTransport:
-    """Plain non-blocking socket calls; Trio is used only to wait for readiness."""
+    """Plain non-blocking socket calls; Trio is used only to wait for readiness.
 
-    __slots__ = ("sock", "_ready_reads")
+    A read is tried before waiting only when the previous read filled the buffer (more is
+    probably queued): after a short read the client is almost always waiting for our reply,
+    and a read that fails costs a system call and an exception.
+    """
+
+    __slots__ = ("sock", "_more", "_ready_reads")
 
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.sock = sock
+        self._more = True
         self._ready_reads = 0
 
     async def receive(self) -> bytes:
         sock = self.sock
-        if self._ready_reads < READS_BEFORE_YIELD:
+        if self._more and self._ready_reads < READS_BEFORE_YIELD:
             try:
                 data = sock.recv(READ_SIZE)
                 self._ready_reads += 1
+                self._more = len(data) == READ_SIZE
                 return data
             except BlockingIOError:
                 pass
-        else:
-            await trio.lowlevel.checkpoint()
         self._ready_reads = 0
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
-                return sock.recv(READ_SIZE)
+                data = sock.recv(READ_SIZE)
             except BlockingIOError:
                 continue
+            self._more = len(data) == READ_SIZE
+            return data
 
     async def send(self, data: bytes) -> None:
         sock = self.sock

@@ -8,8 +8,6 @@ up to ``slab_chunk_max``, each aligned to 8 bytes.
 
 from __future__ import annotations
 
-import bisect
-
 ITEM_HEADER = 48
 CHUNK_ALIGN = 8
 SLAB_PAGE_SIZE = 1024 * 1024
@@ -25,7 +23,7 @@ class SlabClasses:
       slab_chunk_max: the largest chunk; bigger items are chunked into it.
     """
 
-    __slots__ = ("sizes", "per_page")
+    __slots__ = ("sizes", "per_page", "_table")
 
     def __init__(self, growth_factor: float = 1.25, chunk_size: int = 48,
                  slab_chunk_max: int = SLAB_PAGE_SIZE // 2) -> None:
@@ -39,8 +37,16 @@ class SlabClasses:
         sizes.append(slab_chunk_max)
         self.sizes = sizes
         self.per_page = [max(1, SLAB_PAGE_SIZE // s) for s in sizes]
+        # Class id by item size, one byte per size up to the largest chunk: a lookup is the
+        # cheapest way to classify an item on every hit.
+        table = bytearray(sizes[-1] + 1)
+        start = 0
+        for clsid, size in enumerate(sizes, 1):
+            table[start:size + 1] = bytes([clsid]) * (size + 1 - start)
+            start = size + 1
+        self._table = bytes(table)
 
     def clsid(self, ntotal: int) -> int:
         """The class an item of ``ntotal`` bytes lives in (the largest for chunked items)."""
-        i = bisect.bisect_left(self.sizes, ntotal)
-        return min(i, len(self.sizes) - 1) + 1
+        table = self._table
+        return table[ntotal] if ntotal < len(table) else len(self.sizes)

@@ -167,6 +167,8 @@ class Store:
         self.slabs = slabs or SlabClasses()
         self.lru_segmented = lru_segmented
         self.item_size_max = item_size_max
+        # item_total_size() minus the key and record lengths, for the per-hit class lookup.
+        self._ntotal_base = item_total_size(0, 0, 0, use_cas) - HEADER_SIZE
         self.lock = threading.Lock()
         self.stats = StoreStats()
         self.class_stats = [ClassStats() for _ in range(len(self.slabs.sizes) + 1)]
@@ -203,7 +205,7 @@ class Store:
 
     def _clsid(self, key: bytes, flags: int, record: bytes) -> int:
         """The slab class memcached would keep this item in."""
-        return self.slabs.clsid(item_total_size(len(key), flags, len(record) - HEADER_SIZE, self.use_cas))
+        return self.slabs.clsid(self._ntotal_base + len(key) + len(record) + (4 if flags else 0))
 
     def _account(self, key: bytes, record: bytes, sign: int) -> None:
         ntotal = item_total_size(len(key), unpack_header(record)[0], len(record) - HEADER_SIZE, self.use_cas)
@@ -369,30 +371,48 @@ class Store:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def get(self, keys: list[bytes], exptime: int | None = None) -> list[tuple[bytes, int, int, memoryview]]:
+    def get(self, keys: list[bytes], exptime: int | None = None) -> list[tuple[bytes, int, int, bytes | memoryview]]:
         """get/gets (and gat/gats when ``exptime`` is given, which also touches).
 
         Returns ``(key, flags, cas, data)`` per hit, in request order; ``data`` includes the
         trailing ``\\r\\n``.
         """
-        hits: list[tuple[bytes, int, int, memoryview]] = []
+        hits: list[tuple[bytes, int, int, bytes | memoryview]] = []
         with self.lock:
             now = self.clock.now()
             touch = exptime is not None
             new_exptime = self.realtime(exptime) if exptime is not None else 0
+            items_get = self._items.get
+            class_stats = self.class_stats
+            clsid = self.slabs.clsid
+            base = self._ntotal_base
+            hot_unchanged = ACTIVE if self.lru_segmented else -1  # iflags test: nothing to bump
+            stats = self.stats
             for key in keys:
-                record = self._find(key, now)
+                record = items_get(key)
+                if record is not None:
+                    flags, old_exptime, time, cas, iflags = unpack_header(record)
+                    if (old_exptime or self._oldest_live) and self._is_dead(old_exptime, time, cas, now):
+                        record = self._find(key, now)  # unlinks and counts it
                 if record is None:
                     self._count_fetch(touch, None)
                     continue
-                flags, old_exptime, time, cas, iflags = unpack_header(record)
-                new_iflags, new_time = self._bumped(iflags, time, now)
-                self._count_fetch(touch, self.class_stats[self._clsid(key, flags, record)])
-                if touch or new_iflags != iflags or new_time != time:
-                    record = pack_header(flags, new_exptime if touch else old_exptime, new_time, cas,
-                                         new_iflags) + record[HEADER_SIZE:]
-                    self._items[key] = record
-                hits.append((key, flags, cas, memoryview(record)[HEADER_SIZE:]))
+                cls = class_stats[clsid(base + len(key) + len(record) + (4 if flags else 0))]
+                if touch:
+                    stats.touch_cmds += 1
+                    cls.touch_hits += 1
+                else:
+                    stats.get_cmds += 1
+                    cls.get_hits += 1
+                if touch or iflags & hot_unchanged != hot_unchanged:
+                    new_iflags, new_time = self._bumped(iflags, time, now)
+                    if touch or new_iflags != iflags or new_time != time:
+                        record = pack_header(flags, new_exptime if touch else old_exptime, new_time, cas,
+                                             new_iflags) + record[HEADER_SIZE:]
+                        self._items[key] = record
+                # Small values are cheaper to copy than to wrap in a memoryview.
+                data = record[HEADER_SIZE:] if len(record) < 4096 else memoryview(record)[HEADER_SIZE:]
+                hits.append((key, flags, cas, data))
         return hits
 
     def store(
