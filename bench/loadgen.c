@@ -131,6 +131,7 @@ static uint64_t st_err_replies;   /* ERROR / CLIENT_ERROR / SERVER_ERROR / ... *
 static uint64_t st_proto_errors;  /* reply did not match the request */
 static uint64_t st_conn_errors;   /* connection closed / reset */
 static uint64_t st_preload_done, st_preload_errors;
+static uint64_t st_reads, st_writes, st_wakeups; /* syscalls / epoll_wait returns */
 static int preload_next;
 
 /* key strings "key:<n>" */
@@ -291,6 +292,7 @@ static void set_events(struct conn *c, int want_out) {
 static void flush(struct conn *c) {
     while (c->woff < c->wlen) {
         ssize_t n = write(c->fd, c->wbuf + c->woff, c->wlen - c->woff);
+        st_writes++;
         if (n > 0) {
             c->woff += (size_t)n;
         } else if (n < 0 && errno == EINTR) {
@@ -451,6 +453,7 @@ static void parse_replies(struct conn *c, uint64_t t) {
 
 static void on_readable(struct conn *c) {
     ssize_t n = read(c->fd, c->rbuf + c->rend, RBUF_SIZE - c->rend);
+    st_reads++;
     if (n == 0) {
         conn_kill(c);
         return;
@@ -508,7 +511,9 @@ static void reset_stats(void) {
     hist_total = hist_sum_ns = hist_max_ns = 0;
     st_ops = st_gets = st_sets = st_mgets = 0;
     st_keys_requested = st_hits = 0;
-    st_err_replies = st_proto_errors = st_conn_errors = 0;
+    st_err_replies = st_proto_errors = 0;
+    st_reads = st_writes = st_wakeups = 0;
+    /* st_conn_errors is not reset: a connection lost at any time is an error */
 }
 
 static void fill_all(uint64_t t) {
@@ -530,6 +535,7 @@ static uint64_t run_loop(uint64_t until) {
         if (phase == PH_PRELOAD && preload_next >= opt_keys && all_idle()) break;
         int64_t left_ms = (int64_t)((until - t) / 1000000ULL) + 1;
         int n = epoll_wait(epfd, evs, MAX_EVENTS, left_ms > 100 ? 100 : (int)left_ms);
+        st_wakeups++;
         if (n < 0) {
             if (errno == EINTR) {
                 t = now_ns();
@@ -665,13 +671,16 @@ int main(int argc, char **argv) {
     open_conns();
 
     double preload_s = 0.0;
+    uint64_t preload_missing = 0;
     if (opt_preload) {
         phase = PH_PRELOAD;
         uint64_t t0 = now_ns();
         fill_all(t0);
         uint64_t t1 = run_loop(t0 + (uint64_t)(opt_preload_timeout * 1e9));
         preload_s = (double)(t1 - t0) / 1e9;
-        if (st_preload_done < (uint64_t)opt_keys || st_preload_errors) {
+        if (st_preload_done < (uint64_t)opt_keys)
+            preload_missing = (uint64_t)opt_keys - st_preload_done;
+        if (preload_missing || st_preload_errors) {
             fprintf(stderr, "preload incomplete: %llu/%d stored, %llu errors\n",
                     (unsigned long long)st_preload_done, opt_keys,
                     (unsigned long long)st_preload_errors);
@@ -698,15 +707,18 @@ int main(int argc, char **argv) {
     double elapsed = (double)(t_end - t_measure) / 1e9;
     if (elapsed <= 0) elapsed = 1e-9;
     double mean_us = hist_total ? (double)hist_sum_ns / (double)hist_total / 1000.0 : 0.0;
-    uint64_t errors = st_err_replies + st_proto_errors + st_conn_errors + st_preload_errors;
+    uint64_t errors = st_err_replies + st_proto_errors + st_conn_errors + st_preload_errors +
+                      preload_missing;
+    if (live_conns == 0) fprintf(stderr, "all %d connections were lost\n", opt_conns);
     printf("{\"workload\":\"%s\",\"conns\":%d,\"depth\":%d,\"keys\":%d,\"value_size\":%d,"
            "\"mget_keys\":%d,\"elapsed_s\":%.4f,\"ops\":%llu,\"ops_per_s\":%.1f,"
            "\"gets\":%llu,\"sets\":%llu,\"mgets\":%llu,\"keys_requested\":%llu,"
            "\"keys_per_s\":%.1f,\"hits\":%llu,\"hit_ratio\":%.4f,"
            "\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
            "\"max_us\":%.1f,\"mean_us\":%.1f,\"errors\":%llu,\"error_replies\":%llu,"
-           "\"protocol_errors\":%llu,\"conn_errors\":%llu,\"preload_errors\":%llu,"
-           "\"live_conns\":%d,\"preload_s\":%.3f,\"gen_cpu_s\":%.3f,\"gen_cpu_pct\":%.1f,\"interrupted\":%s}\n",
+           "\"protocol_errors\":%llu,\"conn_errors\":%llu,\"preload_errors\":%llu,\"preload_missing\":%llu,"
+           "\"live_conns\":%d,\"preload_s\":%.3f,\"reads_per_op\":%.3f,\"writes_per_op\":%.3f,"
+           "\"epoll_waits_per_op\":%.3f,\"gen_cpu_s\":%.3f,\"gen_cpu_pct\":%.1f,\"interrupted\":%s}\n",
            wl_names[opt_workload], opt_conns, opt_depth, opt_keys, opt_value_size,
            opt_workload == WL_MULTIGET ? opt_mget : 1, elapsed, (unsigned long long)st_ops,
            (double)st_ops / elapsed, (unsigned long long)st_gets, (unsigned long long)st_sets,
@@ -717,8 +729,11 @@ int main(int argc, char **argv) {
            hist_quantile_us(0.999), (double)hist_max_ns / 1000.0, mean_us,
            (unsigned long long)errors, (unsigned long long)st_err_replies,
            (unsigned long long)st_proto_errors, (unsigned long long)st_conn_errors,
-           (unsigned long long)st_preload_errors, live_conns, preload_s, cpu1 - cpu0,
-           100.0 * (cpu1 - cpu0) / elapsed, got_signal ? "true" : "false");
+           (unsigned long long)st_preload_errors, (unsigned long long)preload_missing, live_conns, preload_s,
+           st_ops ? (double)st_reads / (double)st_ops : 0.0,
+           st_ops ? (double)st_writes / (double)st_ops : 0.0,
+           st_ops ? (double)st_wakeups / (double)st_ops : 0.0, cpu1 - cpu0,
+           elapsed > 0.001 ? 100.0 * (cpu1 - cpu0) / elapsed : 0.0, got_signal ? "true" : "false");
     fflush(stdout);
 
     for (int i = 0; i < opt_conns; i++)

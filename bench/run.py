@@ -141,8 +141,13 @@ def cpu_stat() -> dict[str, tuple[int, int]]:
     return out
 
 
-def pinned(cpu: str, cmd: list[str], pin: bool) -> list[str]:
-    return ["taskset", "-c", cpu, *cmd] if pin else cmd
+def pinned(cpu: str, cmd: list[str], args) -> list[str]:
+    """Prefix cmd with taskset (and chrt/nice); all exec, so the pid stays the same."""
+    if args.rt:
+        cmd = ["chrt", "-f", "1", *cmd]
+    if args.nice:
+        cmd = ["nice", "-n", str(args.nice), *cmd]
+    return ["taskset", "-c", cpu, *cmd] if args.pin else cmd
 
 
 # --------------------------------------------------------------------------
@@ -254,7 +259,7 @@ def server_cmd(name: str, port: int, wl: Workload, args, bins) -> list[str]:
         else:
             cmd = [sys.executable, "-m", "trio_mc", "serve", "-t", "1", "-m", "1024",
                    "-l", "127.0.0.1", "-p", str(port)]
-    return pinned(SERVER_CPU, cmd, args.pin)
+    return pinned(SERVER_CPU, cmd, args)
 
 
 # --------------------------------------------------------------------------
@@ -322,7 +327,7 @@ def measure(server_name: str, wl: Workload, args, bins) -> dict:
         gen = pinned(GEN_CPU, [str(bins["loadgen"]), "-H", "127.0.0.1", "-p", str(port),
                                "-c", str(args.conns), "-k", str(args.keys),
                                "-t", str(args.duration), "-w", str(args.warmup),
-                               *wl.args], args.pin)
+                               *wl.args], args)
         if wl.preload:
             gen.append("--preload")
         marks: dict[str, tuple[float, int, dict]] = {}
@@ -341,6 +346,7 @@ def measure(server_name: str, wl: Workload, args, bins) -> dict:
             res["server_cpu_s"] = cpu_s
             res["server_cpu_pct"] = 100.0 * cpu_s / max(end[0] - start[0], 1e-9)
             res["cpu_us_per_op"] = cpu_s * 1e6 / res["ops"]
+            res["gen_cpu_us_per_op"] = res["gen_cpu_s"] * 1e6 / res["ops"]
             # Load on the two CPUs that is not ours (noisy neighbours) and steal time.
             wall_ticks = max(end[0] - start[0], 1e-9) * CLK_TCK
             for cpu, own in ((SERVER_CPU, res["server_cpu_pct"]),
@@ -353,6 +359,7 @@ def measure(server_name: str, wl: Workload, args, bins) -> dict:
                     res[f"cpu{cpu}_other_pct"] = max(0.0, busy - own) if args.pin else None
         else:
             res["server_cpu_s"] = res["server_cpu_pct"] = res["cpu_us_per_op"] = None
+            res["gen_cpu_us_per_op"] = None
         res["server"] = server_name
         res["bench"] = wl.name
         res["server_cmd"] = shlex.join(srv.cmd)
@@ -366,7 +373,7 @@ def measure(server_name: str, wl: Workload, args, bins) -> dict:
 
 
 METRICS = ("ops_per_s", "keys_per_s", "p50_us", "p99_us", "cpu_us_per_op",
-           "server_cpu_pct", "gen_cpu_pct", "hit_ratio", "errors",
+           "server_cpu_pct", "gen_cpu_pct", "gen_cpu_us_per_op", "hit_ratio", "errors",
            "cpu0_other_pct", "cpu1_other_pct", "cpu0_steal_pct", "cpu1_steal_pct")
 
 
@@ -379,7 +386,23 @@ def fmt(v, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
-def print_tables(results: dict, workloads: list[Workload], servers: list[str], rounds: int):
+def setup_line(args) -> str:
+    try:
+        mc = subprocess.run([args.memcached, "-V"], capture_output=True, text=True,
+                            timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        mc = "memcached ?"
+    sched = "SCHED_FIFO (--rt)" if args.rt else (f"nice {args.nice}" if args.nice else "default")
+    return (f"{time.strftime('%F %T')}; {mc}; Python {sys.version.split()[0]}; "
+            f"kernel {os.uname().release}; {os.cpu_count()} CPUs; "
+            f"server on cpu{SERVER_CPU}, generator on cpu{GEN_CPU}"
+            f"{'' if args.pin else ' (NOT pinned)'}; scheduling {sched}; "
+            f"{args.conns} conns, {args.keys} keys, {args.duration:g} s measured after "
+            f"{args.warmup:g} s warmup per run")
+
+
+def print_tables(results: dict, workloads: list[Workload], servers: list[str], rounds: int,
+                 setup: str = ""):
     med = {}
     for (wname, sname), runs in results.items():
         med[(wname, sname)] = {k: median_of(runs, k) for k in METRICS}
@@ -387,6 +410,9 @@ def print_tables(results: dict, workloads: list[Workload], servers: list[str], r
     print()
     print(f"### Results{label}")
     print()
+    if setup:
+        print(setup)
+        print()
     print("| workload | server | ops/s | keys/s | p50 µs | p99 µs | cpu µs/op | ratio vs memcached |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for wl in workloads:
@@ -402,20 +428,26 @@ def print_tables(results: dict, workloads: list[Workload], servers: list[str], r
                   f"{fmt(m['cpu_us_per_op'], '.2f')} | {fmt(ratio, '.2f')} |")
     print()
     print("Diagnostics (measurement window): CPU busy % of the server (cpu0) and the "
-          "generator (cpu1); 'other' = load on that CPU not from us (other processes, "
-          "interrupts), steal = time taken by the hypervisor; hit ratio of requested keys.")
+          "generator (cpu1); generator CPU µs per request (the generator saturates "
+          "before the server only if this exceeds the server's cpu µs/op); 'other' = "
+          "load on that CPU not from us (other processes, interrupts), steal = time "
+          "taken by the hypervisor; hit ratio of requested keys.")
     print()
-    print("| workload | server | server cpu % | generator cpu % | other cpu0/cpu1 % | "
-          "steal cpu0/cpu1 % | hit ratio | errors |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| workload | server | server cpu % | generator cpu % | generator cpu µs/op | "
+          "cpu/op vs memcached | other cpu0/cpu1 % | steal cpu0/cpu1 % | hit ratio | errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for wl in workloads:
         for s in servers:
             m = med.get((wl.name, s))
             if m is None:
                 continue
             hit = fmt(m["hit_ratio"], ".3f") if wl.preload else "–"
+            base_cpu = med.get((wl.name, "memcached"), {}).get("cpu_us_per_op")
+            cpu_ratio = (m["cpu_us_per_op"] / base_cpu
+                         if base_cpu and m["cpu_us_per_op"] is not None else None)
             print(f"| {wl.name} | {s} | {fmt(m['server_cpu_pct'], '.0f')} | "
-                  f"{fmt(m['gen_cpu_pct'], '.0f')} | "
+                  f"{fmt(m['gen_cpu_pct'], '.0f')} | {fmt(m['gen_cpu_us_per_op'], '.2f')} | "
+                  f"{fmt(cpu_ratio, '.2f')} | "
                   f"{fmt(m['cpu0_other_pct'], '.0f')}/{fmt(m['cpu1_other_pct'], '.0f')} | "
                   f"{fmt(m['cpu0_steal_pct'], '.0f')}/{fmt(m['cpu1_steal_pct'], '.0f')} | "
                   f"{hit} | {fmt(m['errors'], '.0f')} |")
@@ -458,6 +490,13 @@ def parse_args(argv=None):
                    help="seconds to wait for a server to accept connections")
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="do not pin with taskset (results are then not comparable)")
+    p.add_argument("--nice", type=int, default=0,
+                   help="run servers and generator with this nice value (e.g. -10, needs "
+                        "root) to shield them from other load on a shared machine")
+    p.add_argument("--rt", action="store_true",
+                   help="run servers and generator as SCHED_FIFO (chrt -f 1, needs root): "
+                        "immune to other load on a shared machine, but starves other "
+                        "processes on CPUs 0-1 (kernel RT throttling leaves them 5%%)")
     p.add_argument("--json", type=Path, default=None,
                    help="also write every individual run as JSON lines to this file")
     p.add_argument("--rebuild", action="store_true", help="recompile the C programs")
@@ -477,6 +516,10 @@ def main(argv=None) -> int:
         cpus = os.sched_getaffinity(0)
         if not {0, 1} <= cpus:
             raise SystemExit(f"need CPUs 0 and 1 (have {sorted(cpus)}); use --no-pin")
+    if (args.rt or args.nice < 0) and os.geteuid() != 0:
+        raise SystemExit("--rt and negative --nice need root")
+    if args.rt and shutil.which("chrt") is None:
+        raise SystemExit("chrt not found (util-linux)")
     servers = [s for s in SERVERS if not args.only or s in args.only]
     workloads = [w for w in WORKLOADS if not args.workload or w.name in args.workload]
     if "memcached" in servers and not Path(args.memcached).exists():
@@ -520,12 +563,12 @@ def main(argv=None) -> int:
                         jf.flush()
     except KeyboardInterrupt:
         log("interrupted; servers stopped")
-        print_tables(results, workloads, servers, args.rounds)
+        print_tables(results, workloads, servers, args.rounds, setup_line(args))
         return 130
     finally:
         if jf:
             jf.close()
-    print_tables(results, workloads, servers, args.rounds)
+    print_tables(results, workloads, servers, args.rounds, setup_line(args))
     return 1 if failed else 0
 
 
