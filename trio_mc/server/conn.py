@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -124,45 +123,105 @@ class StreamTransport:
         await trio.aclose_forcefully(self.stream)
 
 
+class ConnGroup:
+    """The connections one event loop serves: memcached's per-thread connection list.
+
+    A worker thread has one group, and so does the main loop in ``threads=0`` mode.  The
+    group closes idle connections (``-o idle_timeout``) and drains for a graceful shutdown.
+    """
+
+    def __init__(self, server: ServerState, tstats: ThreadStats) -> None:
+        self.server = server
+        self.tstats = tstats
+        self.conns: set[Conn] = set()
+        self.draining = False
+        self.empty = trio.Event()
+        self.empty.set()
+
+    def add(self, conn: Conn) -> None:
+        self.conns.add(conn)
+        self.empty = trio.Event()
+
+    def remove(self, conn: Conn) -> None:
+        self.conns.discard(conn)
+        if not self.conns:
+            self.empty.set()
+
+    def drain(self) -> None:
+        """Graceful shutdown: idle connections close now, busy ones after their reply."""
+        self.draining = True
+        for conn in list(self.conns):
+            if conn.idle:
+                conn.kick()
+
+    async def sweep_idle(self) -> None:
+        """Close connections idle for longer than ``-o idle_timeout`` (``idle_kicks``)."""
+        settings = self.server.settings
+        clock = self.server.store.clock
+        while True:
+            await trio.sleep(1)
+            timeout = settings.idle_timeout
+            if not timeout:
+                continue
+            now = clock.now()
+            for conn in list(self.conns):
+                if conn.idle and now - conn.last_cmd_time > timeout:
+                    self.tstats.idle_kicks += 1
+                    conn.kick()
+
+
 class Conn:
     """A client connection and everything a command handler may need."""
 
     __slots__ = (
-        "transport", "server", "store", "settings", "tstats", "parser", "fd", "addr",
-        "listen_addr", "state", "last_cmd_time", "closing",
+        "transport", "server", "store", "settings", "group", "tstats", "parser", "fd", "addr",
+        "listen_addr", "state", "last_cmd_time", "closing", "scope",
     )
 
     def __init__(
         self,
         transport: Transport,
-        server: ServerState,
-        tstats: ThreadStats,
+        group: ConnGroup,
         *,
         fd: int,
         addr: str,
         listen_addr: str,
     ) -> None:
+        server = group.server
         self.transport = transport
         self.server = server
         self.store = server.store
         self.settings = server.settings
-        self.tstats = tstats
+        self.group = group
+        self.tstats = group.tstats
         self.parser = Parser(item_size_max=server.settings.item_size_max, use_cas=server.settings.use_cas)
         self.fd = fd
         self.addr = addr
         self.listen_addr = listen_addr
         self.state = "conn_new_cmd"
-        self.last_cmd_time = time.monotonic()
+        self.last_cmd_time = server.store.clock.now()
         self.closing = False
+        self.scope = trio.CancelScope()
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a new command, with nothing half-received."""
+        return self.state == "conn_waiting" and not self.parser.buffered
+
+    def kick(self) -> None:
+        """Close the connection from outside its task (idle timeout, shutdown)."""
+        self.scope.cancel()
 
     async def run(self) -> None:
         """Serve the connection until the client leaves, quits, or the server stops."""
         server = self.server
         server.conn_opened(self)
+        self.group.add(self)
         if self.settings.verbose > 1:
             print(f"<{self.fd} new auto-negotiating client connection", file=sys.stderr)
         try:
-            await self._loop()
+            with self.scope:
+                await self._loop()
         except _DISCONNECTED:
             pass
         except Exception as exc:  # a bug must cost one connection, not the worker
@@ -170,6 +229,7 @@ class Conn:
         finally:
             self.state = "conn_closing"
             server.conn_closed(self)
+            self.group.remove(self)
             await self.transport.aclose()
             if self.settings.verbose > 1:
                 print(f"<{self.fd} connection closed.", file=sys.stderr)
@@ -178,10 +238,14 @@ class Conn:
         transport = self.transport
         parser = self.parser
         tstats = self.tstats
+        group = self.group
+        clock = self.store.clock
         handlers = HANDLERS
         first = True
         while not self.closing:
             self.state = parser.state
+            if group.draining and self.idle:
+                return
             data = await transport.receive()
             if not data:
                 return
@@ -191,10 +255,12 @@ class Conn:
                     return
             tstats.bytes_read += len(data)
             self.state = "conn_parse_cmd"
+            if self.settings.verbose > 1:
+                _log_lines(f"<{self.fd} ", data)
             commands = parser.feed(data)
             if not commands:
                 continue
-            self.last_cmd_time = time.monotonic()
+            self.last_cmd_time = clock.now()
             out: list[Any] = []
             for command in commands:
                 handlers[type(command)](command, self, out)
@@ -203,6 +269,15 @@ class Conn:
                 payload = b"".join(out)
                 await transport.send(payload)
                 tstats.bytes_written += len(payload)
+                if self.settings.verbose > 1:
+                    _log_lines(f">{self.fd} ", payload)
             if len(commands) > self.settings.reqs_per_event:
                 tstats.conn_yields += 1
                 await trio.lowlevel.checkpoint()
+
+
+def _log_lines(prefix: str, data: bytes) -> None:
+    """``-vv``: each protocol line on stderr, as memcached prints them."""
+    for line in data.split(b"\n"):
+        if line.strip():
+            print(prefix + line.rstrip(b"\r")[:200].decode("latin-1"), file=sys.stderr)

@@ -22,8 +22,8 @@ from collections.abc import Callable
 
 import trio
 
-from trio_mc.server.conn import Conn, SocketTransport
-from trio_mc.server.state import ServerState, ThreadStats
+from trio_mc.server.conn import Conn, ConnGroup, SocketTransport
+from trio_mc.server.state import ServerState
 
 
 def describe(sock: socket.socket, peer: bool) -> str:
@@ -38,11 +38,11 @@ def describe(sock: socket.socket, peer: bool) -> str:
     return f"tcp:[{host}]:{port}" if sock.family == socket.AF_INET6 else f"tcp:{host}:{port}"
 
 
-async def serve_socket(sock: socket.socket, listen_addr: str, server: ServerState, tstats: ThreadStats) -> None:
+async def serve_socket(sock: socket.socket, listen_addr: str, group: ConnGroup) -> None:
     """Run one accepted client socket to completion (in whichever loop calls it)."""
     if sock.family != socket.AF_UNIX:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    conn = Conn(SocketTransport(sock), server, tstats, fd=sock.fileno(),
+    conn = Conn(SocketTransport(sock), group, fd=sock.fileno(),
                 addr=describe(sock, peer=True), listen_addr=listen_addr)
     await conn.run()
 
@@ -53,12 +53,13 @@ class Worker:
     def __init__(self, index: int, server: ServerState) -> None:
         self.index = index
         self.server = server
-        self.tstats = server.new_thread_stats()
+        self.group = ConnGroup(server, server.new_thread_stats())
         self._token: trio.lowlevel.TrioToken | None = None
         self._intake: trio.MemorySendChannel[tuple[socket.socket, str]] | None = None
         self._scope: trio.CancelScope | None = None
         self._lock = threading.Lock()
         self._stop_requested = False
+        self.stopped = trio.Event()  # set in the main loop once the thread is joined
 
     # -- called from the acceptor's loop --------------------------------------------------
 
@@ -73,6 +74,15 @@ class Worker:
         except trio.RunFinishedError:
             sock.close()
 
+    def drain(self) -> None:
+        """Graceful stop (any thread): take no new sockets, finish the current ones."""
+        token = self._token
+        if token is not None:
+            try:
+                token.run_sync_soon(self._drain)
+            except trio.RunFinishedError:
+                pass
+
     def stop(self) -> None:
         """Cancel everything in the worker (any thread, any time)."""
         with self._lock:
@@ -84,6 +94,11 @@ class Worker:
                     pass
 
     # -- inside the worker's loop ---------------------------------------------------------
+
+    def _drain(self) -> None:
+        if self._intake is not None:
+            self._intake.close()
+        self.group.drain()
 
     def _deliver(self, sock: socket.socket, listen_addr: str) -> None:
         # Runs as a run_sync_soon callback: an exception here would kill the worker loop.
@@ -103,9 +118,14 @@ class Worker:
                 if self._stop_requested:
                     scope.cancel()
             ready()
-            async with trio.open_nursery() as nursery, receive:
-                async for sock, listen_addr in receive:
-                    nursery.start_soon(serve_socket, sock, listen_addr, self.server, self.tstats)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.group.sweep_idle)
+                async with receive:
+                    async for sock, listen_addr in receive:
+                        nursery.start_soon(serve_socket, sock, listen_addr, self.group)
+                # Intake closed (drain): the loop ends once its connections have.
+                await self.group.empty.wait()
+                nursery.cancel_scope.cancel()
         # Sockets still queued when the worker was stopped are closed, not leaked.
         while True:
             try:
@@ -147,5 +167,6 @@ class Worker:
                 with trio.CancelScope(shield=True):
                     await done.wait()
             thread.join()
+            self.stopped.set()
         if failure:
             raise failure[0]

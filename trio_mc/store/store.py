@@ -25,6 +25,7 @@ already expired.
 from __future__ import annotations
 
 import enum
+import sys
 import threading
 from dataclasses import dataclass
 from collections import deque
@@ -45,9 +46,8 @@ REALTIME_MAXDELTA = 60 * 60 * 24 * 30
 ITEM_UPDATE_INTERVAL = 60
 _U64 = 1 << 64
 
-# Per-item overhead outside the key and record objects: the dict entry and its share of the
-# index table (a dict keeps at most 2/3 of its slots in use), plus one deque slot.
-_SLOT_OVERHEAD = 56
+# One slot of the eviction queue (a deque stores a pointer per entry).
+_QUEUE_SLOT = 8
 
 
 def _object_size(nbytes: int) -> int:
@@ -59,8 +59,9 @@ def _object_size(nbytes: int) -> int:
 
 
 def item_cost(key_length: int, record_length: int) -> int:
-    """The Python memory one item costs; what ``-m`` limits."""
-    return _object_size(key_length) + _object_size(record_length) + _SLOT_OVERHEAD
+    """The Python objects one item owns (key and record).  The hash table and the queue
+    are counted as a whole, at their real size (:attr:`Store.mem_used`)."""
+    return _object_size(key_length) + _object_size(record_length)
 
 
 class StoreResult(enum.Enum):
@@ -172,7 +173,7 @@ class Store:
         self.lock = threading.Lock()
         self.stats = StoreStats()
         self.class_stats = [ClassStats() for _ in range(len(self.slabs.sizes) + 1)]
-        self.mem_used = 0  # Python bytes, what -m bounds
+        self._object_bytes = 0  # keys and records
         self.bytes = 0  # memcached's "bytes": the sum of item sizes
         self._items: dict[bytes, bytes] = {}
         self._queue: deque[bytes] = deque()
@@ -209,7 +210,7 @@ class Store:
 
     def _account(self, key: bytes, record: bytes, sign: int) -> None:
         ntotal = item_total_size(len(key), unpack_header(record)[0], len(record) - HEADER_SIZE, self.use_cas)
-        self.mem_used += sign * item_cost(len(key), len(record))
+        self._object_bytes += sign * item_cost(len(key), len(record))
         self.bytes += sign * ntotal
         cls = self.class_stats[self.slabs.clsid(ntotal)]
         cls.number += sign
@@ -305,7 +306,7 @@ class Store:
         """Free memory for ``cost`` more bytes: reclaim, then evict (unless ``-M``)."""
         queue = self._queue
         stats = self.stats
-        while self.mem_used + cost > self.maxbytes:
+        while self.mem_used + cost > self.maxbytes:  # (mem_used shrinks as items go)
             if not queue:
                 return False
             key = queue.popleft()
@@ -356,6 +357,8 @@ class Store:
             self._queue.append(key)
         self._account(key, record, 1)
         self.stats.total_items += 1
+        if self.mem_used > self.maxbytes:  # the insert grew the hash table: pay for it
+            self._make_room(0, now)
         return True
 
     def _out_of_memory(self, mode: int, key: bytes) -> StoreResult:
@@ -710,6 +713,14 @@ class Store:
             self._make_room(0, self.clock.now())
 
     # -- introspection --------------------------------------------------------------------
+
+    @property
+    def mem_used(self) -> int:
+        """The Python memory the items really take, what ``-m`` bounds: every key and record
+        object plus the hash table and the eviction queue at their current sizes.  Under
+        churn a dict keeps 2 to 4 entry slots per live item, so it is measured, not guessed.
+        """
+        return self._object_bytes + sys.getsizeof(self._items) + _QUEUE_SLOT * len(self._queue)
 
     @property
     def curr_items(self) -> int:
