@@ -41,7 +41,7 @@ _LONG_TO_SHORT = {
 HELP = f"""trio-mc {__version__} (memcached {MEMCACHED_VERSION} protocol)
 usage: trio-mc serve [memcached options]
 -p, --port=<num>          TCP port to listen on (default: 11211)
--U, --udp-port=<num>      UDP port to listen on (default: 0, off; UDP is not served)
+-U, --udp-port=<num>      UDP port to bind (default: 0, off; trio-mc does not answer UDP)
 -s, --unix-socket=<file>  UNIX socket to listen on (disables network support)
 -a, --unix-mask=<mask>    access mask for UNIX socket, in octal (default: 700)
 -A, --enable-shutdown     enable ascii "shutdown" command
@@ -220,8 +220,10 @@ def _extended(s: Settings, spec: str, chunk_max_set: list[bool]) -> None:
             s.drop_privileges = True
         elif name == "no_drop_privileges":
             s.drop_privileges = False
+        elif name == "relaxed_privileges":
+            s.debug_commands = True  # memcached's tests pass this debug-build option
         elif name in ("modern", "no_hashexpand", "inline_ascii_resp", "no_inline_ascii_resp",
-                      "relaxed_privileges", "resp_obj_mem_limit", "slab_sizes", "sock_cookie_id"):
+                      "resp_obj_mem_limit", "slab_sizes", "sock_cookie_id"):
             pass  # accepted for compatibility; nothing to change in trio-mc
         else:
             raise UsageError(f'Illegal suboption "{item}"')
@@ -245,6 +247,7 @@ def parse_serve_args(argv: Sequence[str]) -> Settings | str:
         raise UsageError(f"unexpected argument '{rest[0]}'")
     chunk_max_set = [False]
     listen: list[str] = []
+    tcp_specified = udp_specified = False
     for opt, value in opts:
         flag = _LONG_TO_SHORT[opt[2:]] if opt.startswith("--") else opt[1]
         if flag == "h":
@@ -255,8 +258,10 @@ def parse_serve_args(argv: Sequence[str]) -> Settings | str:
             return "trio-mc is BSD-licensed, as memcached is.\n"
         if flag == "p":
             s.port = _int(opt, value)
+            tcp_specified = True
         elif flag == "U":
-            _int(opt, value)  # accepted; UDP is not served (stats settings says udpport 0)
+            s.udpport = _int(opt, value)  # bound and reported, but UDP requests are not served
+            udp_specified = True
         elif flag == "s":
             s.socketpath = value
         elif flag == "a":
@@ -302,8 +307,10 @@ def parse_serve_args(argv: Sequence[str]) -> Settings | str:
             elif value == "ascii":
                 s.binding_protocol = "ascii"
             elif value == "binary":
-                raise UsageError("the binary protocol is deprecated since memcached 1.6 and "
-                                 "not served by trio-mc: use -B ascii or auto")
+                # Accepted so existing command lines start; binary requests are refused
+                # (closed), as is any text, so nothing is served.
+                s.binding_protocol = "binary"
+                s.binary_only = True
             else:
                 raise UsageError(f"Invalid value for binding protocol: {value}\n"
                                  " -- should be one of auto, binary, or ascii")
@@ -336,6 +343,10 @@ def parse_serve_args(argv: Sequence[str]) -> Settings | str:
             raise UsageError(f"option {opt} is not supported by trio-mc")
     if listen:
         s.inter = listen
+    if udp_specified and s.udpport != 0 and not tcp_specified:
+        s.port = s.udpport  # memcached: -U alone moves the TCP port too
+    if s.port > 65535 or s.udpport > 65535:
+        raise UsageError(f"ERROR: Invalid port number {max(s.port, s.udpport)}.")
     _validate(s, chunk_max_set[0])
     return s
 

@@ -72,6 +72,10 @@ class Settings:
     read_buf_mem_limit: int = 0
     track_sizes: bool = False
     drop_privileges: bool = True
+    #: memcached's debug-build commands (``debugtime``), on with ``-o relaxed_privileges``.
+    debug_commands: bool = False
+    #: ``-B binary`` accepted for compatibility; only the text protocol is served.
+    binary_only: bool = False
 
 
 def _yes(flag: bool) -> str:

@@ -119,6 +119,22 @@ class Version:
 
 
 @dataclass(slots=True)
+class Watch:
+    """watch: turn the connection into a log stream of these kinds."""
+
+    kinds: list[bytes]
+
+
+@dataclass(slots=True)
+class Admin:
+    """The maintenance commands (``slabs``, ``lru``, ``lru_crawler``, ``debugtime``), whose
+    arguments are checked where they are executed, as memcached does."""
+
+    name: bytes
+    args: list[bytes]
+
+
+@dataclass(slots=True)
 class Quit:
     """quit: send what is pending, then close; later pipelined commands are not run."""
 
@@ -192,5 +208,6 @@ class MetaDebug:
 
 Command = (
     Get | Store | TooLarge | Delete | Arith | Touch | FlushAll | Verbosity | MemLimit
-    | Shutdown | Stats | Version | Quit | Close | Reply | Meta | MetaSwallow | MetaDebug
+    | Shutdown | Stats | Version | Quit | Close | Reply | Meta | MetaSwallow | MetaDebug | Watch
+    | Admin
 )

@@ -31,6 +31,11 @@ from trio_mc.numbers import safe_strtol, safe_strtoul, safe_strtoull
 from trio_mc.sizes import item_total_size
 
 KEY_MAX_LENGTH = 250
+#: What ``watch`` may ask for (memcached's log types).
+WATCH_KINDS = frozenset({
+    b"fetchers", b"mutations", b"evictions", b"connevents", b"rawcmds", b"sysevents",
+    b"proxyreqs", b"proxyevents", b"proxyuser",
+})
 #: memcached tokenizes at most this many tokens; the rest of a line stays unsplit.
 MAX_TOKENS = 23
 #: Bytes without a newline after which a non-get line closes the connection.
@@ -305,6 +310,12 @@ class Parser:
             return None
         return command
 
+    def _watch(self, tokens: list[bytes]) -> cmd.Command:
+        kinds = tokens[1:] or [b"fetchers"]
+        if not all(kind in WATCH_KINDS for kind in kinds):
+            return _ERROR
+        return cmd.Watch(kinds)
+
     def _too_large(self, key_length: int, flags: int, value_length: int) -> bool:
         return item_total_size(key_length, flags, value_length, self.use_cas) > self.item_size_max
 
@@ -335,6 +346,11 @@ _HANDLERS: dict[bytes, _Handler] = {
     b"version": lambda p, t: cmd.Version(),
     b"stats": lambda p, t: cmd.Stats(t[1:]),
     **{b"m" + bytes([op]): Parser._meta for op in b"gsdaen"},
+    b"watch": lambda p, t: p._watch(t),
+    b"slabs": lambda p, t: cmd.Admin(t[0], t[1:]),
+    b"lru_crawler": lambda p, t: cmd.Admin(t[0], t[1:]),
+    b"lru": lambda p, t: cmd.Admin(t[0], t[1:]) if len(t) >= 2 else _ERROR,
+    b"debugtime": lambda p, t: cmd.Admin(t[0], t[1:]) if len(t) >= 2 else _ERROR,
 }
 _UNBOUNDED = {_HANDLERS[name] for name in (b"get", b"bget", b"gets", b"gat", b"gats")}
 

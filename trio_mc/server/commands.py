@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 from trio_mc import MEMCACHED_VERSION
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
+from trio_mc.numbers import safe_strtol, safe_strtoll, safe_strtoul
 from trio_mc.server import stats
+from trio_mc.server.logger import Watcher, uriencode
+from trio_mc.sizes import item_total_size
 from trio_mc.store.store import ADD, APPEND, CAS, PREPEND, REPLACE, SET, DeltaResult, StoreResult
 
 if TYPE_CHECKING:
@@ -41,10 +44,8 @@ _VERSION = replies.version(MEMCACHED_VERSION)
 
 def do_get(c: cmd.Get, conn: Conn, out: list[Any]) -> None:
     hits = conn.store.get(c.keys, c.exptime)
-    if conn.settings.detail_enabled:
-        found = {hit[0] for hit in hits}
-        for key in c.keys:
-            conn.server.prefix_stats.record_get(key, key in found)
+    if conn.settings.detail_enabled or b"fetchers" in conn.server.logger.kinds:
+        _record_gets(c.keys, hits, conn)
     if c.with_cas:
         for key, flags, cas, data in hits:
             out.append(b"VALUE %b %d %d %d\r\n" % (key, flags, len(data) - 2, cas))
@@ -56,10 +57,48 @@ def do_get(c: cmd.Get, conn: Conn, out: list[Any]) -> None:
     out.append(replies.END)
 
 
+def _record_gets(keys: list[bytes], hits: list[Any], conn: Conn) -> None:
+    """Per-prefix stats and ``watch fetchers`` lines for a get (only when asked for)."""
+    found = {hit[0]: hit for hit in hits}
+    logger = conn.server.logger
+    for key in keys:
+        hit = found.get(key)
+        if conn.settings.detail_enabled:
+            conn.server.prefix_stats.record_get(key, hit is not None)
+        if b"fetchers" in logger.kinds:
+            size = len(hit[3]) - 2 if hit else 0
+            logger.log(b"fetchers", b"type=item_get key=%b status=%b clsid=%d cfd=%d size=%d" % (
+                uriencode(key), b"found" if hit else b"not_found",
+                conn.store.slabs.clsid(item_total_size(len(key), hit[1], size + 2, conn.settings.use_cas)) if hit else 0,
+                conn.fd, size))
+
+
+_LOG_STATUS = {
+    StoreResult.STORED: b"stored", StoreResult.NOT_STORED: b"not_stored", StoreResult.EXISTS: b"exists",
+    StoreResult.NOT_FOUND: b"not_found", StoreResult.NO_MEMORY: b"no_memory",
+}
+_LOG_CMD = {ADD: b"add", SET: b"set", REPLACE: b"replace", APPEND: b"append", PREPEND: b"prepend", CAS: b"cas"}
+
+
+def _log_store(conn: Conn, key: bytes, mode: int, result: StoreResult, exptime: int, flags: int,
+               data: bytes) -> None:
+    """``watch mutations`` lines for a storage command: its lookup, then the store."""
+    logger = conn.server.logger
+    if b"fetchers" in logger.kinds or b"mutations" in logger.kinds:
+        clsid = conn.store.slabs.clsid(item_total_size(len(key), flags, len(data), conn.settings.use_cas))
+        logger.log(b"mutations", b"type=item_get key=%b status=not_found clsid=0 cfd=%d size=0" % (
+            uriencode(key), conn.fd))
+        logger.log(b"mutations", b"type=item_store key=%b status=%b cmd=%b ttl=%d clsid=%d cfd=%d size=%d" % (
+            uriencode(key), _LOG_STATUS[result], _LOG_CMD[mode], max(exptime, 0), clsid, conn.fd,
+            len(data) - 2))
+
+
 def do_store(c: cmd.Store, conn: Conn, out: list[Any]) -> None:
     if conn.settings.detail_enabled:
         conn.server.prefix_stats.record_set(c.key)
     result = conn.store.store(c.mode, c.key, c.flags, c.exptime, c.data, c.cas)[0]
+    if conn.server.logger.kinds:
+        _log_store(conn, c.key, c.mode, result, c.exptime, c.flags, c.data)
     if not c.noreply:
         out.append(_STORE_REPLIES[result])
 
@@ -150,6 +189,155 @@ def do_quit(c: cmd.Quit, conn: Conn, out: list[Any]) -> None:
 
 def do_close(c: cmd.Close, conn: Conn, out: list[Any]) -> None:
     conn.closing = True  # replies of earlier commands in the batch are still sent
+    conn.close_reason = b"error"
+
+
+def do_watch(c: cmd.Watch, conn: Conn, out: list[Any]) -> None:
+    if not conn.settings.watch_enabled:
+        out.append(b"CLIENT_ERROR watch commands not allowed\r\n")
+    elif out:
+        out.append(b"ERROR cannot pipeline other commands before watch\r\n")
+    else:
+        out.append(replies.OK)
+        conn.watcher = Watcher(frozenset(c.kinds), conn.settings.logger_watcher_buf_size)
+
+
+def do_admin(c: cmd.Admin, conn: Conn, out: list[Any]) -> None:
+    out.append(_ADMIN[c.name](c.args, conn, out))
+
+
+def _slabs(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
+    """slabs reassign / automove.  trio-mc has no slab pages to move, so a valid reassign
+    is answered OK and changes nothing."""
+    s = conn.settings
+    if len(args) == 3 and args[0] == b"reassign":
+        if not s.slab_reassign:
+            return b"CLIENT_ERROR slab reassignment disabled\r\n"
+        src, dst = safe_strtol(args[1]), safe_strtol(args[2])
+        if src is None or dst is None:
+            return replies.CLIENT_ERROR_FORMAT
+        nclasses = len(conn.store.slabs.sizes)
+        if not (src == -1 or 1 <= src <= nclasses) or not 1 <= dst <= nclasses:
+            return b"BADCLASS invalid src or dst class id\r\n"
+        if src == dst:
+            return b"SAME src and dst class are identical\r\n"
+        return replies.OK
+    if len(args) >= 2 and args[0] == b"automove":
+        if args[1] == b"ratio":
+            try:
+                s.slab_automove_ratio = float(args[2]) if len(args) >= 3 else float("nan")
+            except ValueError:
+                return replies.ERROR
+            return replies.OK if s.slab_automove_ratio == s.slab_automove_ratio else replies.ERROR
+        level = safe_strtoul(args[1])
+        if level is None:
+            return replies.CLIENT_ERROR_FORMAT
+        if level > 2:
+            return replies.ERROR
+        s.slab_automove = level
+        return replies.OK
+    return replies.ERROR
+
+
+def _lru(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
+    """lru tune / mode / temp_ttl: settings only (trio-mc's LRU is not segmented in memory)."""
+    s = conn.settings
+    if args[0] == b"mode" and len(args) == 2 and args[1] in (b"flat", b"segmented"):
+        s.lru_segmented = conn.store.lru_segmented = args[1] == b"segmented"
+        return replies.OK
+    if args[0] == b"temp_ttl" and len(args) == 2:
+        ttl = safe_strtol(args[1])
+        if ttl is None:
+            return replies.ERROR
+        s.temp_lru = ttl >= 0
+        s.temporary_ttl = ttl
+        return replies.OK
+    if args[0] == b"tune" and len(args) == 5:
+        numbers = [safe_strtoul(a) for a in args[1:3]]
+        try:
+            factors = [float(a) for a in args[3:5]]
+        except ValueError:
+            return replies.ERROR
+        if None in numbers:
+            return replies.ERROR
+        s.hot_lru_pct, s.warm_lru_pct = numbers  # type: ignore[assignment]
+        s.hot_max_factor, s.warm_max_factor = factors
+        return replies.OK
+    return replies.ERROR
+
+
+def _classes(spec: bytes, conn: Conn) -> set[int] | None | bool:
+    """An ``lru_crawler`` class list: ``None`` for all, ``False`` if invalid."""
+    if spec in (b"all", b"hash"):
+        return None
+    ids = set()
+    for part in spec.split(b","):
+        clsid = safe_strtoul(part)
+        if clsid is None or not 1 <= clsid <= len(conn.store.slabs.sizes):
+            return False
+        ids.add(clsid)
+    return ids
+
+
+def _lru_crawler(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
+    s = conn.settings
+    if len(args) == 2 and args[0] in (b"crawl", b"metadump"):
+        if not s.lru_crawler:
+            return b"CLIENT_ERROR lru crawler disabled\r\n"
+        classes = _classes(args[1], conn)
+        if classes is False:
+            return b"BADCLASS invalid class id\r\n"
+        if args[0] == b"crawl":
+            conn.store.crawl(classes)  # type: ignore[arg-type]
+            return replies.OK
+        if not s.dump_enabled:
+            return b"ERROR metadump not allowed\r\n"
+        if out:
+            return b"ERROR cannot pipeline other commands before metadump\r\n"
+        lines = [
+            b"key=%b exp=%d la=%d cas=%d fetch=%b cls=%d size=%d\n" % (
+                uriencode(key), exp, la, cas, b"yes" if fetched else b"no", clsid, size)
+            for key, exp, la, cas, fetched, clsid, size in conn.store.metadump()
+            if classes is None or clsid in classes  # type: ignore[operator]
+        ]
+        return b"".join(lines) + replies.END
+    if len(args) == 2 and args[0] in (b"tocrawl", b"sleep"):
+        value = safe_strtoul(args[1])
+        if value is None:
+            return replies.CLIENT_ERROR_FORMAT
+        if args[0] == b"sleep":
+            if value > 1_000_000:
+                return b"CLIENT_ERROR sleep must be one second or less\r\n"
+            s.lru_crawler_sleep = value
+        else:
+            s.lru_crawler_tocrawl = value
+        return replies.OK
+    if len(args) == 1 and args[0] in (b"enable", b"disable"):
+        enable = args[0] == b"enable"
+        if s.lru_crawler == enable:
+            return b"ERROR failed to %b lru crawler thread\r\n" % (b"start" if enable else b"stop")
+        s.lru_crawler = enable
+        return replies.OK
+    return replies.ERROR
+
+
+def _debugtime(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
+    """debugtime <seconds>: move server time (debug builds of memcached only; trio-mc enables
+    it with ``-o relaxed_privileges``, the debug-build option memcached's tests pass)."""
+    if not conn.settings.debug_commands:
+        return replies.ERROR
+    if args[0] in (b"p", b"r"):
+        return replies.OK
+    delta = safe_strtoll(args[0])
+    if delta is None:
+        return replies.ERROR
+    conn.store.clock.shift(delta)
+    return replies.OK
+
+
+_ADMIN: dict[bytes, Callable[[list[bytes], Conn, list[Any]], bytes]] = {
+    b"slabs": _slabs, b"lru": _lru, b"lru_crawler": _lru_crawler, b"debugtime": _debugtime,
+}
 
 
 def do_reply(c: cmd.Reply, conn: Conn, out: list[Any]) -> None:
@@ -322,4 +510,7 @@ def do_meta_debug(c: cmd.MetaDebug, conn: Conn, out: list[Any]) -> None:
     out.append(replies.meta_debug(c.key, binary, exp, la, cas, fetched, clsid, size))
 
 
-HANDLERS.update({cmd.Meta: do_meta, cmd.MetaSwallow: do_meta_swallow, cmd.MetaDebug: do_meta_debug})
+HANDLERS.update({
+    cmd.Meta: do_meta, cmd.MetaSwallow: do_meta_swallow, cmd.MetaDebug: do_meta_debug,
+    cmd.Watch: do_watch, cmd.Admin: do_admin,
+})

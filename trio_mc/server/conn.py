@@ -24,6 +24,7 @@ import trio
 
 from trio_mc.protocol.parser import Parser
 from trio_mc.server.commands import HANDLERS
+from trio_mc.server.logger import Watcher
 
 if TYPE_CHECKING:
     from trio_mc.server.state import ServerState, ThreadStats
@@ -167,7 +168,7 @@ class ConnGroup:
             for conn in list(self.conns):
                 if conn.idle and now - conn.last_cmd_time > timeout:
                     self.tstats.idle_kicks += 1
-                    conn.kick()
+                    conn.kick(b"idle_timeout")
 
 
 class Conn:
@@ -175,7 +176,7 @@ class Conn:
 
     __slots__ = (
         "transport", "server", "store", "settings", "group", "tstats", "parser", "fd", "addr",
-        "listen_addr", "state", "last_cmd_time", "closing", "scope",
+        "listen_addr", "state", "last_cmd_time", "closing", "close_reason", "scope", "watcher",
     )
 
     def __init__(
@@ -201,22 +202,39 @@ class Conn:
         self.state = "conn_new_cmd"
         self.last_cmd_time = server.store.clock.now()
         self.closing = False
+        self.close_reason = b"normal"  # as memcached's watch connevents reports it
         self.scope = trio.CancelScope()
+        self.watcher: Watcher | None = None  # set by `watch`: the connection becomes a log stream
 
     @property
     def idle(self) -> bool:
         """Waiting for a new command, with nothing half-received."""
         return self.state == "conn_waiting" and not self.parser.buffered
 
-    def kick(self) -> None:
+    def kick(self, reason: bytes = b"shutdown") -> None:
         """Close the connection from outside its task (idle timeout, shutdown)."""
+        self.close_reason = reason
         self.scope.cancel()
+
+    def _log_conn(self, event: bytes) -> None:
+        """``watch connevents``: conn_new / conn_close lines."""
+        if self.addr.startswith("unix:"):
+            rip, rport, transport = b"unix", b"0", b"local"
+        else:
+            host, _, port = self.addr[4:].rpartition(":")
+            rip, rport, transport = host.strip("[]").encode(), port.encode(), b"tcp"
+        line = b"type=%b rip=%b rport=%b transport=%b " % (event, rip, rport, transport)
+        if event == b"conn_close":
+            line += b"reason=%b " % self.close_reason
+        self.server.logger.log(b"connevents", line + b"cfd=%d" % self.fd)
 
     async def run(self) -> None:
         """Serve the connection until the client leaves, quits, or the server stops."""
         server = self.server
         server.conn_opened(self)
         self.group.add(self)
+        if b"connevents" in server.logger.kinds:
+            self._log_conn(b"conn_new")
         if self.settings.verbose > 1:
             print(f"<{self.fd} new auto-negotiating client connection", file=sys.stderr)
         try:
@@ -228,6 +246,8 @@ class Conn:
             print(f"<{self.fd} closing on internal error: {exc!r}", file=sys.stderr)
         finally:
             self.state = "conn_closing"
+            if b"connevents" in server.logger.kinds:
+                self._log_conn(b"conn_close")
             server.conn_closed(self)
             self.group.remove(self)
             await self.transport.aclose()
@@ -251,7 +271,10 @@ class Conn:
                 return
             if first:
                 first = False
-                if data[0] == 0x80:  # memcached's binary protocol: deprecated, not served
+                # memcached's binary protocol (magic byte 0x80) is deprecated and not served;
+                # with -B binary nothing else is spoken either.
+                if (data[0] == 0x80 and self.settings.binding_protocol != "ascii") or self.settings.binary_only:
+                    self.close_reason = b"error"
                     return
             tstats.bytes_read += len(data)
             self.state = "conn_parse_cmd"
@@ -271,9 +294,22 @@ class Conn:
                 tstats.bytes_written += len(payload)
                 if self.settings.verbose > 1:
                     _log_lines(f">{self.fd} ", payload)
+            if self.watcher is not None:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_at_eof, transport, nursery.cancel_scope)
+                    await self.server.logger.stream(self.watcher, transport.send)
+                return
             if len(commands) > self.settings.reqs_per_event:
-                tstats.conn_yields += 1
+                # memcached yields each time -R requests are used up within one read.
+                tstats.conn_yields += (len(commands) - 1) // self.settings.reqs_per_event
                 await trio.lowlevel.checkpoint()
+
+
+async def _cancel_at_eof(transport: Transport, scope: trio.CancelScope) -> None:
+    """A watcher only listens: when its client hangs up, stop streaming to it."""
+    while await transport.receive():
+        pass
+    scope.cancel()
 
 
 def _log_lines(prefix: str, data: bytes) -> None:

@@ -54,9 +54,13 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
     )
 
 
-def open_listeners(settings: Settings) -> list[socket.socket]:
-    """Bind every ``-l`` address (or the ``-s`` unix socket), as memcached does at start."""
-    socks: list[socket.socket] = []
+def open_listeners(settings: Settings) -> tuple[list[socket.socket], list[socket.socket]]:
+    """Bind every ``-l`` address for TCP and, with ``-U``, UDP (or the ``-s`` unix socket).
+
+    UDP sockets are bound so the port is held and reported as memcached reports it, but
+    trio-mc does not answer UDP requests.  With ``MEMCACHED_PORT_FILENAME`` set, the bound
+    ports are written there as memcached does (for harnesses that use ephemeral ports).
+    """
     if settings.socketpath:
         path = settings.socketpath
         try:
@@ -70,29 +74,44 @@ def open_listeners(settings: Settings) -> list[socket.socket]:
         finally:
             os.umask(old_umask)
         sock.listen(settings.backlog)
-        return [sock]
-    if settings.port == 0:
-        return socks
+        return [sock], []
+    tcp = _bind_all(settings, settings.port, socket.SOCK_STREAM)
+    udp = _bind_all(settings, settings.udpport, socket.SOCK_DGRAM)
+    port_file = os.environ.get("MEMCACHED_PORT_FILENAME")
+    if port_file:
+        with open(port_file + ".lck", "w") as f:
+            for kind, socks in (("TCP", tcp), ("UDP", udp)):
+                for sock in socks:
+                    family = "INET6" if sock.family == socket.AF_INET6 else "INET"
+                    f.write(f"{kind} {family}: {sock.getsockname()[1]}\n")
+        os.rename(port_file + ".lck", port_file)
+    return tcp, udp
+
+
+def _bind_all(settings: Settings, port: int, kind: int) -> list[socket.socket]:
+    if port == 0:
+        return []
+    socks = []
     for spec in settings.inter:
-        host, port = spec, settings.port
+        host, the_port = spec, port
         if spec.startswith("[") and "]" in spec:  # [v6]:port
             host, _, rest = spec[1:].partition("]")
             if rest.startswith(":"):
-                port = int(rest[1:])
+                the_port = int(rest[1:])
         elif spec.count(":") == 1:
             host, port_text = spec.split(":")
-            port = int(port_text)
+            the_port = int(port_text)
         host_or_none = None if host in ("*", "") else host
-        port = 0 if port == -1 else port
-        infos = socket.getaddrinfo(host_or_none, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
-                                   socket.AI_PASSIVE)
-        for family, type_, proto, _, addr in infos:
+        the_port = 0 if the_port == -1 else the_port
+        for family, type_, proto, _, addr in socket.getaddrinfo(
+                host_or_none, the_port, socket.AF_UNSPEC, kind, 0, socket.AI_PASSIVE):
             sock = socket.socket(family, type_, proto)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(addr)
-            sock.listen(settings.backlog)
+            if kind == socket.SOCK_STREAM:
+                sock.listen(settings.backlog)
             socks.append(sock)
     return socks
 
@@ -149,9 +168,10 @@ async def serve(
         (``state.listeners`` tells the bound addresses, e.g. for port 0).
     """
     state = ServerState(settings, store or make_store(settings))
-    socks = open_listeners(settings)
+    socks, udp_socks = open_listeners(settings)
     listeners = [trio.socket.from_stdlib_socket(sock) for sock in socks]
     state.listeners = [Listener(sock.fileno(), describe(sock, peer=False)) for sock in socks]
+    state.udp = [Listener(sock.fileno(), describe(sock, peer=False)) for sock in udp_socks]
     token = trio.lowlevel.current_trio_token()
     nthreads = settings.num_threads if threads is None else threads
     requested = trio.Event()
@@ -185,6 +205,8 @@ async def serve(
                     next(ring).dispatch(sock, listen_addr)
             if handle_signals:
                 nursery.start_soon(_watch_signals, state, request_shutdown)
+            if settings.lru_maintainer_thread or settings.lru_crawler:
+                nursery.start_soon(_maintain, state)
             async with trio.open_nursery() as conn_nursery:
                 accepting = trio.CancelScope()
                 conn_nursery.start_soon(_accept_all, accepting, listeners, state, dispatch)
@@ -209,11 +231,21 @@ async def serve(
     finally:
         for listener in listeners:
             listener.close()
+        for sock in udp_socks:
+            sock.close()
         if settings.socketpath:
             try:
                 os.unlink(settings.socketpath)
             except OSError:
                 pass
+
+
+async def _maintain(state: ServerState) -> None:
+    """memcached's LRU maintainer and crawler threads: reclaim expired items in the
+    background, a bounded step at a time, so memory comes back without traffic."""
+    while True:
+        await trio.sleep(1)
+        state.store.reclaim_step()
 
 
 async def _accept_all(scope: trio.CancelScope, listeners: list[trio.socket.SocketType],

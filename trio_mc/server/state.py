@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from trio_mc.server.logger import Logger, uriencode
 from trio_mc.server.prefix_stats import PrefixStats
 from trio_mc.settings import Settings
 from trio_mc.store.store import Store
@@ -50,7 +51,9 @@ class ServerState:
     started_wall: float = field(default_factory=time.time)
     thread_stats: list[ThreadStats] = field(default_factory=list)
     prefix_stats: PrefixStats = field(default_factory=PrefixStats)
+    logger: Logger = field(default_factory=Logger)
     listeners: list[Listener] = field(default_factory=list)
+    udp: list[Listener] = field(default_factory=list)  # bound, listed, not served
     conns: dict[int, Conn] = field(default_factory=dict)  # fd -> live client connection
     lock: threading.Lock = field(default_factory=threading.Lock)
     curr_conns: int = 0
@@ -64,6 +67,12 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.prefix_stats.delimiter = self.settings.prefix_delimiter.encode()
+        self.store.on_evict = self._log_eviction
+
+    def _log_eviction(self, key: bytes, fetched: bool, ttl: int, idle: int, clsid: int, size: int) -> None:
+        if b"evictions" in self.logger.kinds:
+            self.logger.log(b"evictions", b"type=eviction key=%b fetch=%b ttl=%d la=%d clsid=%d size=%d" % (
+                uriencode(key), b"yes" if fetched else b"no", ttl, idle, clsid, size))
 
     def new_thread_stats(self) -> ThreadStats:
         stats = ThreadStats()

@@ -8,7 +8,6 @@ concept; where it has none (libevent, NAPI, extstore) memcached's idle value is 
 from __future__ import annotations
 
 import resource
-import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -129,7 +128,7 @@ def general(state: ServerState) -> _Stats:
         ("log_worker_written", 0),
         ("log_watcher_skipped", 0),
         ("log_watcher_sent", 0),
-        ("log_watchers", 0),
+        ("log_watchers", state.logger.watchers),
         ("unexpected_napi_ids", 0),
         ("round_robin_fallback", 0),
         ("bytes", store.bytes),
@@ -144,8 +143,8 @@ def general(state: ServerState) -> _Stats:
     out += [
         ("evictions", st.evictions),
         ("reclaimed", st.reclaimed),
-        ("crawler_reclaimed", 0),
-        ("crawler_items_checked", 0),
+        ("crawler_reclaimed", st.crawler_reclaimed),
+        ("crawler_items_checked", st.crawler_items_checked),
         ("lrutail_reflocked", 0),
     ]
     if s.lru_maintainer_thread:
@@ -183,8 +182,8 @@ def items(state: ServerState) -> _Stats:
             (p + "expired_unfetched", cls.expired_unfetched),
             (p + "evicted_unfetched", cls.evicted_unfetched),
             (p + "evicted_active", 0),
-            (p + "crawler_reclaimed", 0),
-            (p + "crawler_items_checked", 0),
+            (p + "crawler_reclaimed", cls.crawler_reclaimed),
+            (p + "crawler_items_checked", cls.crawler_items_checked),
             (p + "lrutail_reflocked", 0),
         ]
         if segmented:
@@ -233,13 +232,19 @@ def slabs(state: ServerState) -> _Stats:
 
 def conns(state: ServerState) -> _Stats:
     """``stats conns``: listeners and clients by descriptor."""
-    now = time.monotonic()
+    now = state.store.clock.now()
     rows: list[tuple[int, _Stats]] = []
     for listener in state.listeners:
         rows.append((listener.fd, [
             (f"{listener.fd}:addr", listener.addr),
             (f"{listener.fd}:state", "conn_listening"),
             (f"{listener.fd}:secs_since_last_cmd", 0),
+        ]))
+    for udp in state.udp:
+        rows.append((udp.fd, [
+            (f"{udp.fd}:addr", udp.addr),
+            (f"{udp.fd}:state", "conn_read"),
+            (f"{udp.fd}:secs_since_last_cmd", 0),
         ]))
     for conn in list(state.conns.values()):
         fd = conn.fd

@@ -35,7 +35,8 @@ def describe(sock: socket.socket, peer: bool) -> str:
     if sock.family == socket.AF_UNIX:
         return f"unix:{addr or ''}"
     host, port = addr[0], addr[1]
-    return f"tcp:[{host}]:{port}" if sock.family == socket.AF_INET6 else f"tcp:{host}:{port}"
+    kind = "udp" if sock.type == socket.SOCK_DGRAM else "tcp"
+    return f"{kind}:[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{kind}:{host}:{port}"
 
 
 async def serve_socket(sock: socket.socket, listen_addr: str, group: ConnGroup) -> None:

@@ -25,11 +25,12 @@ already expired.
 from __future__ import annotations
 
 import enum
+import itertools
 import sys
 import threading
 from dataclasses import dataclass
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from trio_mc.numbers import safe_strtoull
 from trio_mc.sizes import item_total_size
@@ -112,6 +113,7 @@ class ClassStats:
         "number", "mem_requested", "get_hits", "cmd_set", "delete_hits", "incr_hits",
         "decr_hits", "cas_hits", "cas_badval", "touch_hits", "evicted", "evicted_nonzero",
         "evicted_time", "outofmemory", "reclaimed", "expired_unfetched", "evicted_unfetched",
+        "crawler_reclaimed", "crawler_items_checked",
     )
     __slots__ = FIELDS
 
@@ -127,7 +129,7 @@ class StoreStats:
         "get_cmds", "get_misses", "get_expired", "get_flushed", "touch_cmds", "touch_misses",
         "delete_misses", "incr_misses", "decr_misses", "cas_misses", "store_too_large",
         "store_no_memory", "total_items", "evictions", "reclaimed", "expired_unfetched",
-        "evicted_unfetched",
+        "evicted_unfetched", "crawler_reclaimed", "crawler_items_checked",
     )
     __slots__ = FIELDS
 
@@ -180,6 +182,11 @@ class Store:
         self._stale: dict[bytes, int] = {}  # key -> stale queue entries ahead of its live one
         self._stale_total = 0
         self._cas = 0
+        #: Called as ``on_evict(key, fetched, ttl, idle, clsid, value length)`` for each
+        #: eviction (the server's ``watch evictions``); lock held, must not block.
+        self.on_evict: Callable[[bytes, bool, int, int, int, int], None] | None = None
+        self._crawl_pos = 0  # where the background reclaimer's walk of the table resumes
+        self._may_expire = False  # set once anything has an expiry or a flush is pending
         self._oldest_live = 0  # flush_all: items updated at or before this time are gone
         self._oldest_cas = 0  # flush_all with CAS: items with a lower CAS are gone
 
@@ -187,6 +194,8 @@ class Store:
 
     def realtime(self, exptime: int) -> int:
         """Client exptime to server time (memcached's ``realtime``); 0 means never."""
+        if exptime:
+            self._may_expire = True
         if exptime < 0:
             exptime = REALTIME_MAXDELTA + 1  # before process start: expired at once
         if exptime == 0:
@@ -316,11 +325,7 @@ class Store:
             flags, exptime, time, cas, iflags = unpack_header(record)
             cls = self.class_stats[self._clsid(key, flags, record)]
             if self._is_dead(exptime, time, cas, now):
-                stats.reclaimed += 1
-                cls.reclaimed += 1
-                if not iflags & FETCHED:
-                    stats.expired_unfetched += 1
-                    cls.expired_unfetched += 1
+                self._reclaim(key, record, iflags, flags)
             elif iflags & ACTIVE:  # second chance
                 self._items[key] = pack_header(flags, exptime, time, cas, iflags & ~ACTIVE) + record[HEADER_SIZE:]
                 queue.append(key)
@@ -333,6 +338,9 @@ class Store:
                 stats.evictions += 1
                 cls.evicted += 1
                 cls.evicted_time = now - time
+                if self.on_evict is not None:
+                    self.on_evict(key, bool(iflags & FETCHED), exptime - now if exptime else -1, now - time,
+                                  self._clsid(key, flags, record), len(record) - HEADER_SIZE - 2)
                 if exptime:
                     cls.evicted_nonzero += 1
                 if not iflags & FETCHED:
@@ -341,6 +349,94 @@ class Store:
             del self._items[key]
             self._account(key, record, -1)
         return True
+
+    def _reclaim(self, key: bytes, record: bytes, iflags: int, flags: int) -> None:
+        """Count a dead item whose memory is taken back (``reclaimed``)."""
+        cls = self.class_stats[self._clsid(key, flags, record)]
+        self.stats.reclaimed += 1
+        cls.reclaimed += 1
+        if not iflags & FETCHED:
+            self.stats.expired_unfetched += 1
+            cls.expired_unfetched += 1
+
+    def _reclaim_head(self, now: int) -> None:
+        """Before an allocation, take back dead items at the LRU tail, as memcached's
+        allocator does (it looks at a few items at the tail of the class)."""
+        queue = self._queue
+        for _ in range(5):
+            if not queue:
+                return
+            key = queue[0]
+            if self._stale.get(key):
+                queue.popleft()
+                self._skip_stale(key)
+                continue
+            record = self._items[key]
+            flags, exptime, time, cas, iflags = unpack_header(record)
+            if not self._is_dead(exptime, time, cas, now):
+                return
+            queue.popleft()
+            del self._items[key]
+            self._account(key, record, -1)
+            self._reclaim(key, record, iflags, flags)
+
+    def reclaim_step(self, limit: int = 5000) -> int:
+        """One step of the background LRU maintainer: reclaim expired and flushed items.
+
+        Walks the table ``limit`` items per call (holding no references between calls,
+        so evicted items are freed at once) and does nothing until some item could expire.
+        Returns how many items were reclaimed.
+        """
+        reclaimed = 0
+        with self.lock:
+            if not self._may_expire:
+                return 0
+            now = self.clock.now()
+            if self._crawl_pos >= len(self._items):
+                self._crawl_pos = 0
+            batch = list(itertools.islice(self._items.items(), self._crawl_pos, self._crawl_pos + limit))
+            self._crawl_pos += limit
+            for key, record in batch:
+                flags, exptime, time, cas, iflags = unpack_header(record)
+                if self._is_dead(exptime, time, cas, now):
+                    self._unlink(key, record)
+                    self._reclaim(key, record, iflags, flags)
+                    reclaimed += 1
+        return reclaimed
+
+    def crawl(self, classes: set[int] | None = None) -> None:
+        """``lru_crawler crawl``: check every item of these classes (all if ``None``) and
+        reclaim the dead ones, counted as ``crawler_reclaimed``."""
+        with self.lock:
+            now = self.clock.now()
+            for key, record in list(self._items.items()):
+                flags, exptime, time, cas, iflags = unpack_header(record)
+                clsid = self._clsid(key, flags, record)
+                if classes is not None and clsid not in classes:
+                    continue
+                cls = self.class_stats[clsid]
+                cls.crawler_items_checked += 1
+                self.stats.crawler_items_checked += 1
+                if self._is_dead(exptime, time, cas, now):
+                    self._unlink(key, record)
+                    cls.crawler_reclaimed += 1
+                    self.stats.crawler_reclaimed += 1
+
+    def metadump(self) -> list[tuple[bytes, int, int, int, bool, int, int]]:
+        """``lru_crawler metadump``: ``(key, exp, last access, cas, fetched, class, size)``
+        per live item, times as Unix times (exp -1: never)."""
+        out = []
+        with self.lock:
+            now = self.clock.now()
+            started = self.clock.process_started
+            for key, record in self._items.items():
+                flags, exptime, time, cas, iflags = unpack_header(record)
+                if self._is_dead(exptime, time, cas, now):
+                    continue
+                size = item_total_size(len(key), flags, len(record) - HEADER_SIZE, self.use_cas)
+                out.append((key, exptime + started if exptime else -1, time + started, cas,
+                            bool(iflags & FETCHED), self.slabs.clsid(size), size))
+        return out
 
     def _link(self, key: bytes, old: bytes | None, record: bytes, now: int) -> bool:
         """Store ``record`` under ``key`` in place of ``old``, making room first."""
@@ -434,6 +530,7 @@ class Store:
         """
         with self.lock:
             now = self.clock.now()
+            self._reclaim_head(now)  # memcached's allocator looks at the LRU tail first
             old = self._find(key, now)
             iflags = KEY_BINARY if binary else 0
             if old is None:
@@ -699,6 +796,7 @@ class Store:
         with self.lock:
             now = self.clock.now()
             new_oldest = self.realtime(delay) if delay > 0 else now
+            self._may_expire = True
             if self.use_cas:
                 self._oldest_live = new_oldest - 1
                 if self._oldest_live <= now:
