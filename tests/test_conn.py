@@ -108,3 +108,48 @@ async def test_general_stats_keys(connect: ClientFactory) -> None:
     assert len(stats) == 92
     assert stats[b"cmd_get"] == b"1" and stats[b"get_hits"] == b"1" and stats[b"cmd_set"] == b"1"
     assert stats[b"curr_items"] == b"1" and stats[b"version"] == b"1.6.18"
+
+
+async def test_lru_crawler_metadump_and_pipelining_rule(connect: ClientFactory) -> None:
+    c = await connect()
+    await c.ask(b"set a%20b 0 0 1\r\nx\r\n")
+    await c.send(b"mg nope v\r\nlru_crawler metadump all\r\n")
+    assert await c.read_until(b"metadump\r\n") == b"EN\r\nERROR cannot pipeline other commands before metadump\r\n"
+    dump = await c.ask(b"lru_crawler metadump all\r\n", b"END\r\n")
+    assert dump.startswith(b"key=a%2520b exp=-1 la=") and b" cas=1 fetch=no cls=1 size=" in dump
+    assert await c.ask(b"lru_crawler metadump 99\r\n") == b"BADCLASS invalid class id\r\n"
+    assert await c.ask(b"lru_crawler crawl all\r\n") == b"OK\r\n"
+
+
+async def test_slabs_and_lru_admin_commands(connect: ClientFactory) -> None:
+    c = await connect()
+    assert await c.ask(b"slabs automove invalid\r\n") == b"CLIENT_ERROR bad command line format\r\n"
+    assert await c.ask(b"slabs automove 2\r\n") == b"OK\r\n"
+    assert await c.ask(b"slabs automove 3\r\n") == b"ERROR\r\n"
+    assert await c.ask(b"slabs reassign 1 1\r\n") == b"SAME src and dst class are identical\r\n"
+    assert await c.ask(b"slabs reassign 1 99\r\n") == b"BADCLASS invalid src or dst class id\r\n"
+    assert await c.ask(b"lru mode flat\r\n") == b"OK\r\n"
+    assert await c.ask(b"debugtime 10\r\n") == b"ERROR\r\n"  # debug builds only
+
+
+async def test_debugtime_with_relaxed_privileges(connect: ClientFactory, server_state: ServerState) -> None:
+    server_state.settings.debug_commands = True
+    c = await connect()
+    await c.ask(b"set k 0 10 1\r\nv\r\n")
+    assert await c.ask(b"debugtime 11\r\n") == b"OK\r\n"
+    assert await c.ask(b"get k\r\n", b"END\r\n") == b"END\r\n"
+
+
+async def test_watch_streams_fetches_and_mutations(connect: ClientFactory) -> None:
+    watcher = await connect()
+    client = await connect()
+    assert await watcher.ask(b"watch fetchers mutations\r\n") == b"OK\r\n"
+    await client.ask(b"set k%1 0 0 2\r\nhi\r\n")
+    await client.ask(b"get k%1\r\n", b"END\r\n")
+    log = await watcher.read_until(b"size=2\n")
+    log += await watcher.read_until(b"size=2\n") if log.count(b"\n") < 3 else b""
+    lines = log.decode().splitlines()
+    assert any("type=item_store key=k%251 status=stored cmd=set" in line for line in lines)
+    assert any("type=item_get key=k%251 status=found" in line for line in lines)
+    assert all(line.startswith("ts=") and " gid=" in line for line in lines)
+    assert await client.ask(b"watch bogus\r\n") == b"ERROR\r\n"

@@ -200,3 +200,23 @@ def test_memory_limit_bounds_the_process() -> None:
         assert grown_kib <= 1.10 * 16 * 1024, f"RSS grew {grown_kib} KiB for -m 16"
     finally:
         proc.close()
+
+
+def test_port_file_and_udp_binding(tmp_path: os.PathLike[str]) -> None:
+    port_file = os.path.join(str(tmp_path), "ports")
+    env = dict(os.environ, MEMCACHED_PORT_FILENAME=port_file)
+    proc = subprocess.Popen([*SERVE, "-p", "-1", "-U", "-1"], cwd=REPO_ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(port_file) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(port_file) as f:
+            ports = dict(line.split(": ") for line in f.read().splitlines())
+        tcp, udp = int(ports["TCP INET"]), int(ports["UDP INET"])
+        assert tcp != 11211 and udp != 11211
+        with closing(socket.create_connection(("127.0.0.1", tcp), timeout=5)) as s:
+            conns = _ask(s, b"stats conns\r\n", b"END\r\n")
+        assert b"addr udp:127.0.0.1:%d" % udp in conns
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
