@@ -169,13 +169,14 @@ class Parser:
     # -- command lines ---------------------------------------------------------------------
 
     def _parse_line(self, line: bytes) -> cmd.Command | None:
+        if line.startswith(b"get ") and 4 < len(line) <= 4 + KEY_MAX_LENGTH and line.find(b" ", 4) < 0 \
+                and b"\0" not in line:
+            return cmd.Get([line[4:]], False)  # the most common command, without tokenizing
         if b"\0" in line:  # memcached works on a C string: a NUL ends the command
             line = line[: line.index(b"\0")]
         tokens = line.split(b" ")
         if b"" in tokens:
             tokens = [t for t in tokens if t]
-        if len(tokens) == 2 and tokens[0] == b"get" and len(tokens[1]) <= KEY_MAX_LENGTH:
-            return cmd.Get(tokens[1:], False)  # the most common command, without the dispatch
         if not tokens or len(tokens[0]) < 2:
             return _ERROR
         handler = _HANDLERS.get(tokens[0])

@@ -43,8 +43,19 @@ _VERSION = replies.version(MEMCACHED_VERSION)
 
 
 def do_get(c: cmd.Get, conn: Conn, out: list[Any]) -> None:
+    if len(c.keys) == 1 and c.exptime is None and not (conn.settings.detail_enabled or conn.server.logger.fetchers):
+        hit = conn.store.get_one(c.keys[0])
+        if hit is not None:
+            flags, cas, data = hit
+            if c.with_cas:
+                out.append(b"VALUE %b %d %d %d\r\n" % (c.keys[0], flags, len(data) - 2, cas))
+            else:
+                out.append(b"VALUE %b %d %d\r\n" % (c.keys[0], flags, len(data) - 2))
+            out.append(data)
+        out.append(replies.END)
+        return
     hits = conn.store.get(c.keys, c.exptime)
-    if conn.settings.detail_enabled or b"fetchers" in conn.server.logger.kinds:
+    if conn.settings.detail_enabled or conn.server.logger.fetchers:
         _record_gets(c.keys, hits, conn)
     if c.with_cas:
         for key, flags, cas, data in hits:

@@ -67,6 +67,7 @@ class Logger:
         self._gid = itertools.count(1)
         #: The kinds some watcher wants: the only thing a log point checks.
         self.kinds: frozenset[bytes] = frozenset()
+        self.fetchers = False  # b"fetchers" in kinds, for the get fast path
 
     @property
     def watchers(self) -> int:
@@ -75,6 +76,7 @@ class Logger:
 
     def _update(self) -> None:
         self.kinds = frozenset().union(*(w.kinds for w in self._watchers))
+        self.fetchers = b"fetchers" in self.kinds
 
     def log(self, kind: bytes, body: bytes) -> None:
         """Send ``type=... `` text to every watcher of ``kind``."""

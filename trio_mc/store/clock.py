@@ -26,7 +26,7 @@ class Clock:
       wall: the Unix time now, used once to anchor absolute exptimes.
     """
 
-    __slots__ = ("_source", "_base", "_shift", "process_started")
+    __slots__ = ("_source", "_base", "process_started")
 
     def __init__(
         self,
@@ -34,17 +34,16 @@ class Clock:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._source = source
-        self._base = source()
-        self._shift = 0
+        self._base = source() - START_OFFSET  # now() starts at START_OFFSET
         self.process_started = int(wall()) - START_OFFSET
 
     def now(self) -> int:
         """memcached's ``current_time``: whole seconds since ``process_started``."""
-        return int(self._source() - self._base) + START_OFFSET + self._shift
+        return int(self._source() - self._base)
 
     def shift(self, seconds: int) -> None:
         """Move server time forward (memcached's debug ``debugtime`` command)."""
-        self._shift += seconds
+        self._base -= seconds
 
 
 class ManualClock(Clock):

@@ -514,6 +514,27 @@ class Store:
                 hits.append((key, flags, cas, data))
         return hits
 
+    def get_one(self, key: bytes) -> tuple[int, int, bytes | memoryview] | None:
+        """get of a single key, the most common request: ``(flags, cas, data)`` or ``None``.
+
+        Same semantics as :meth:`get` with one key; the common case (a hot item with no
+        expiry and no pending flush, nothing to update) skips the general bookkeeping.
+        """
+        with self.lock:
+            record = self._items.get(key)
+            if record is None:
+                self.stats.get_cmds += 1
+                self.stats.get_misses += 1
+                return None
+            flags, exptime, _, cas, iflags = unpack_header(record)
+            if not (exptime or self._oldest_live) and iflags & ACTIVE and self.lru_segmented:
+                self.stats.get_cmds += 1
+                clsid = self.slabs.clsid(self._ntotal_base + len(key) + len(record) + (4 if flags else 0))
+                self.class_stats[clsid].get_hits += 1
+                return flags, cas, record[HEADER_SIZE:] if len(record) < 4096 else memoryview(record)[HEADER_SIZE:]
+        hits = self.get([key])
+        return hits[0][1:] if hits else None
+
     def store(
         self, mode: int, key: bytes, flags: int, exptime: int, data: bytes, cas: int = 0, *,
         stale: bool = False, binary: bool = False, new_cas: int | None = None,
