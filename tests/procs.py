@@ -1,0 +1,254 @@
+"""Helpers for tests that run server processes (real memcached, trio-mc).
+
+Small API, usable from any test module::
+
+    from procs import free_port, ServerProcess, start_memcached, start_trio_mc
+    # (pytest puts tests/ on sys.path; use tests.procs if tests/ is a package)
+
+    with start_memcached("-C") as mc:          # started and ready here
+        sock = socket.create_connection(("127.0.0.1", mc.port))
+        ...
+    # stopped here: SIGTERM, bounded wait, then SIGKILL
+
+* ``free_port()`` -- an unused TCP port on 127.0.0.1 (bind to port 0).
+* ``ServerProcess(cmd, port)`` -- runs ``cmd`` (a list), waits until
+  127.0.0.1:port accepts connections (bounded), exposes ``.port``, ``.proc``
+  and ``.output()`` (the captured stdout+stderr, for error messages).
+  ``start()``/``stop()`` or use it as a context manager; ``stop()`` is
+  idempotent and always leaves no process behind.  ``terminate()`` only
+  sends SIGTERM (to stop several servers in parallel; follow with
+  ``close()``).
+* ``start_memcached(*extra)`` / ``start_trio_mc(*extra)`` -- started
+  ``ServerProcess`` objects listening on 127.0.0.1 on a fresh port.
+
+Only 127.0.0.1 is used.  If the process exits before its port accepts
+(e.g. the port was taken in the meantime), start is retried on a new port a
+couple of times.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+__all__ = [
+    "REPO_ROOT",
+    "MEMCACHED",
+    "free_port",
+    "wait_for_port",
+    "ServerProcess",
+    "ServerStartError",
+    "start_memcached",
+    "start_trio_mc",
+]
+
+HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
+
+START_TIMEOUT = 10.0  # seconds until the port must accept connections
+STOP_TIMEOUT = 5.0  # seconds to wait after SIGTERM before SIGKILL
+START_ATTEMPTS = 3  # tries with fresh ports if the process dies early
+
+
+_LIVE: "set[ServerProcess]" = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Safety net: never leave a server behind when the interpreter exits."""
+    for server in list(_LIVE):
+        server.close()
+
+
+class ServerStartError(RuntimeError):
+    """The server process did not start accepting connections.
+
+    ``exited`` is True when the process had already exited (as opposed to
+    running but never accepting before the timeout).
+    """
+
+    def __init__(self, msg: str, exited: bool = False):
+        super().__init__(msg)
+        self.exited = exited
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = START_TIMEOUT,
+                  alive: Callable[[], bool] = lambda: True) -> bool:
+    """Poll until 127.0.0.1:port accepts a TCP connection.
+
+    Returns True when it does, False on timeout or as soon as ``alive()``
+    returns False.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            return False
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class ServerProcess:
+    """A server subprocess listening on 127.0.0.1:``port``.
+
+    ``cmd`` is the full argv.  stdout and stderr go to a temporary file
+    (never a pipe, so a chatty server cannot block); read it with
+    ``output()``.
+    """
+
+    def __init__(self, cmd: Sequence[str], port: int, *, cwd: str | os.PathLike | None = None,
+                 env: dict[str, str] | None = None, name: str | None = None,
+                 start_timeout: float = START_TIMEOUT, stop_timeout: float = STOP_TIMEOUT):
+        self.cmd = [str(c) for c in cmd]
+        self.port = port
+        self.cwd = cwd
+        self.env = env
+        self.name = name or Path(self.cmd[0]).name
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def __repr__(self) -> str:
+        state = "not started" if self.proc is None else f"pid={self.proc.pid}"
+        return f"<ServerProcess {self.name} port={self.port} {state}>"
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> "ServerProcess":
+        """Start the process and wait until its port accepts (bounded)."""
+        if self.proc is not None:
+            return self
+        self._log = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        _LIVE.add(self)
+        ok = wait_for_port(self.port, self.start_timeout,
+                           alive=lambda: self.proc.poll() is None)
+        if not ok:
+            rc = self.proc.poll()
+            self.stop()
+            out = self.output()
+            raise ServerStartError(
+                f"{self.name} did not accept on {HOST}:{self.port} within "
+                f"{self.start_timeout}s (exit code {rc}); cmd={self.cmd!r}\n"
+                f"output:\n{out}", exited=rc is not None)
+        return self
+
+    def terminate(self) -> None:
+        """Send SIGTERM without waiting (call ``stop()``/``close()`` later).
+
+        Lets several servers shut down in parallel: memcached only notices
+        SIGTERM on its once-a-second clock tick.
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait up to ``stop_timeout``, then SIGKILL.  Idempotent.
+
+        Returns the exit code (None if never started).
+        """
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            self.terminate()
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=self.stop_timeout)
+        _LIVE.discard(self)
+        return proc.returncode
+
+    def output(self) -> str:
+        """Everything the process wrote to stdout/stderr so far."""
+        if self._log is None:
+            return ""
+        try:
+            self._log.flush()
+            self._log.seek(0)
+            return self._log.read().decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+
+    def close(self) -> None:
+        """Stop the process and drop the output file."""
+        self.stop()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _start_with_retries(make_cmd: Callable[[int], list[str]], **kw) -> ServerProcess:
+    last: ServerStartError | None = None
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        server = ServerProcess(make_cmd(port), port, **kw)
+        try:
+            return server.start()
+        except ServerStartError as e:
+            server.close()
+            last = e
+            # retry on a new port only if the port was taken meanwhile
+            if not (e.exited and "in use" in str(e).lower()):
+                break
+    assert last is not None
+    raise last
+
+
+def start_memcached(*extra_args: str) -> ServerProcess:
+    """Start ``memcached -U 0 -l 127.0.0.1 -p <port> <extra_args>`` (ready to use).
+
+    ``-u root`` is added when running as root (memcached refuses otherwise).
+    """
+    def cmd(port: int) -> list[str]:
+        c = [MEMCACHED, "-U", "0", "-l", HOST, "-p", str(port)]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            c += ["-u", "root"]
+        return c + [str(a) for a in extra_args]
+    return _start_with_retries(cmd, name="memcached")
+
+
+def start_trio_mc(*extra_args: str) -> ServerProcess:
+    """Start ``python -m trio_mc serve -l 127.0.0.1 -p <port> <extra_args>``.
+
+    Runs with the current interpreter, cwd at the repository root.
+    """
+    def cmd(port: int) -> list[str]:
+        return [sys.executable, "-m", "trio_mc", "serve", "-l", HOST, "-p", str(port),
+                *[str(a) for a in extra_args]]
+    return _start_with_retries(cmd, name="trio_mc", cwd=REPO_ROOT)
