@@ -383,7 +383,9 @@ class ServerPool:
             try:
                 ref = start_memcached(*args)
                 try:
-                    peer = start_memcached(*args) if PEER == "memcached" else start_trio_mc(*args)
+                    # trio-mc's own default is one worker thread (see README); give it
+                    # memcached's four so `stats settings` compares like for like.
+                    peer = start_memcached(*args) if PEER == "memcached" else start_trio_mc("-t", "4", *args)
                 except BaseException:
                     ref.close()
                     raise
