@@ -153,3 +153,17 @@ async def test_watch_streams_fetches_and_mutations(connect: ClientFactory) -> No
     assert any("type=item_get key=k%251 status=found" in line for line in lines)
     assert all(line.startswith("ts=") and " gid=" in line for line in lines)
     assert await client.ask(b"watch bogus\r\n") == b"ERROR\r\n"
+
+
+async def test_ascii_authentication(server_state: ServerState, connect: ClientFactory) -> None:
+    server_state.users = {b"user": b"secret"}
+    c = await connect()
+    c_conn = max(server_state.conns.values(), key=lambda conn: conn.fd)
+    c_conn.parser.require_auth = True
+    assert await c.ask(b"get foo\r\n") == b"CLIENT_ERROR unauthenticated\r\n"
+    assert await c.ask(b"set a 0 0 8\r\nuser bad\r\n") == b"CLIENT_ERROR authentication failure\r\n"
+    # A good attempt with a command pipelined behind it.
+    await c.send(b"set a 0 0 11\r\nuser secret\r\nversion\r\n")
+    assert await c.read_until(b"VERSION 1.6.18\r\n") == b"STORED\r\nVERSION 1.6.18\r\n"
+    stats = await c.ask(b"stats\r\n", b"END\r\n")
+    assert b"STAT auth_cmds 2\r\n" in stats and b"STAT auth_errors 1\r\n" in stats

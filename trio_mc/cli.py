@@ -8,6 +8,7 @@ refuses bad values the way memcached does (a message on stderr, non-zero exit).
 from __future__ import annotations
 
 import getopt
+import os
 import sys
 from collections.abc import Sequence
 
@@ -68,6 +69,8 @@ usage: trio-mc serve [memcached options]
 -b, --listen-backlog=<num> set the backlog queue limit (default: 1024)
 -B, --protocol=<name>     protocol - one of ascii or auto (default: auto-negotiate)
 -I, --max-item-size=<num> adjusts max item size (default: 1m, min: 1k, max: 1024m)
+-Y, --auth-file=<file>    ASCII authentication: user:pass lines (first command must
+                          be "set <any> 0 0 <n>" with "user pass" as its data)
 -F, --disable-flush-all   disable flush_all command
 -X, --disable-dumping     disable stats cachedump and lru_crawler metadump
 -W  --disable-watch       disable watch commands (live logging)
@@ -337,9 +340,13 @@ def parse_serve_args(argv: Sequence[str]) -> Settings | str:
             s.detail_enabled = True
         elif flag == "o":
             _extended(s, value, chunk_max_set)
+        elif flag == "Y":
+            if not os.access(value, os.R_OK):
+                raise UsageError(f"Could not load authfile: {value}")
+            s.auth_file = value
         elif flag in ("k", "r", "L"):
             pass  # memory locking, core dumps, large pages: nothing to do in Python
-        else:  # S, Y, e, N, Z: SASL, auth file, memory file, NAPI, TLS
+        else:  # S, e, N, Z: SASL, memory file, NAPI, TLS
             raise UsageError(f"option {opt} is not supported by trio-mc")
     if listen:
         s.inter = listen

@@ -74,6 +74,7 @@ class Settings:
     drop_privileges: bool = True
     #: memcached's debug-build commands (``debugtime``), on with ``-o relaxed_privileges``.
     debug_commands: bool = False
+    auth_file: str | None = None  # -Y: ASCII authentication
     #: ``-B binary`` accepted for compatibility; only the text protocol is served.
     binary_only: bool = False
 
@@ -111,7 +112,7 @@ def settings_stats(s: Settings, *, oldest: int) -> list[tuple[str, object]]:
         ("tcp_backlog", s.backlog),
         ("binding_protocol", s.binding_protocol),
         ("auth_enabled_sasl", "no"),
-        ("auth_enabled_ascii", "no"),
+        ("auth_enabled_ascii", s.auth_file or "no"),
         ("item_size_max", s.item_size_max),
         ("maxconns_fast", _yes(s.maxconns_fast)),
         ("hashpower_init", s.hashpower_init),

@@ -126,6 +126,14 @@ class Watch:
 
 
 @dataclass(slots=True)
+class Auth:
+    """An ASCII authentication attempt (``-Y``): ``set <any> <any> <any> <n>`` + "user pass"."""
+
+    user: bytes
+    password: bytes
+
+
+@dataclass(slots=True)
 class Admin:
     """The maintenance commands (``slabs``, ``lru``, ``lru_crawler``, ``debugtime``), whose
     arguments are checked where they are executed, as memcached does."""
@@ -209,5 +217,5 @@ class MetaDebug:
 Command = (
     Get | Store | TooLarge | Delete | Arith | Touch | FlushAll | Verbosity | MemLimit
     | Shutdown | Stats | Version | Quit | Close | Reply | Meta | MetaSwallow | MetaDebug | Watch
-    | Admin
+    | Admin | Auth
 )

@@ -61,12 +61,16 @@ class Parser:
 
     __slots__ = (
         "_buf", "_pos", "_search_from", "_pending", "_need", "_parts", "_have", "_swallow",
-        "closed", "item_size_max", "use_cas",
+        "closed", "item_size_max", "use_cas", "require_auth", "_auth_need",
     )
 
-    def __init__(self, *, item_size_max: int = 1024 * 1024, use_cas: bool = True) -> None:
+    def __init__(self, *, item_size_max: int = 1024 * 1024, use_cas: bool = True,
+                 require_auth: bool = False) -> None:
         self.item_size_max = item_size_max
         self.use_cas = use_cas
+        #: ``-Y``: until the server clears this, only authentication attempts are read.
+        self.require_auth = require_auth
+        self._auth_need = 0
         self._buf = b""
         self._pos = 0
         self._search_from = 0  # where the newline search resumes in an unterminated line
@@ -97,6 +101,8 @@ class Parser:
         out: list[cmd.Command] = []
         if self.closed:
             return out
+        if self.require_auth:
+            return self._feed_auth(data)
         if self._swallow:
             taken = min(self._swallow, len(data))
             self._swallow -= taken
@@ -164,6 +170,43 @@ class Parser:
         else:
             self._buf = buf
             self._pos = pos
+        return out
+
+    def _feed_auth(self, data: bytes) -> list[cmd.Command]:
+        """memcached's ``try_read_command_asciiauth``: one attempt at a time."""
+        buf = self._buf[self._pos:] + data
+        self._pos = 0
+        out: list[cmd.Command] = []
+        while True:
+            if not self._auth_need:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > LINE_LIMIT:
+                        out.append(cmd.Close("line too long"))
+                        self.closed = True
+                        buf = b""
+                    break
+                tokens = [t for t in buf[:nl].split(b" ") if t]
+                buf = buf[nl + 1:]
+                size = safe_strtoul(tokens[4]) if len(tokens) >= 5 else None
+                if tokens[:1] != [b"set"] or size is None:
+                    out.append(cmd.Reply(b"CLIENT_ERROR unauthenticated\r\n"))
+                    continue
+                self._auth_need = size + 2
+            if len(buf) < self._auth_need:
+                break
+            block, buf = buf[:self._auth_need], buf[self._auth_need:]
+            self._auth_need = 0
+            if not block.endswith(b"\r\n"):
+                out.append(cmd.Reply(b"CLIENT_ERROR bad command line termination\r\n"))
+                continue
+            words = [t for t in block[:-2].split(b" ") if t]
+            if len(words) < 2:
+                out.append(cmd.Reply(b"CLIENT_ERROR bad authentication token format\r\n"))
+                continue
+            out.append(cmd.Auth(words[0], words[1]))
+            break  # the server decides; what follows is parsed in the new mode
+        self._buf = buf
         return out
 
     # -- command lines ---------------------------------------------------------------------

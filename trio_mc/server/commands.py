@@ -213,6 +213,18 @@ def do_watch(c: cmd.Watch, conn: Conn, out: list[Any]) -> None:
         conn.watcher = Watcher(frozenset(c.kinds), conn.settings.logger_watcher_buf_size)
 
 
+def do_auth(c: cmd.Auth, conn: Conn, out: list[Any]) -> None:
+    """ASCII authentication (``-Y``): "user pass" checked against the auth file."""
+    conn.tstats.auth_cmds += 1
+    if conn.server.auth_check(c.user, c.password):
+        conn.parser.require_auth = False
+        conn.reparse = True  # commands pipelined behind the attempt are read normally
+        out.append(replies.STORED)
+    else:
+        conn.tstats.auth_errors += 1
+        out.append(b"CLIENT_ERROR authentication failure\r\n")
+
+
 def do_admin(c: cmd.Admin, conn: Conn, out: list[Any]) -> None:
     out.append(_ADMIN[c.name](c.args, conn, out))
 
@@ -523,5 +535,5 @@ def do_meta_debug(c: cmd.MetaDebug, conn: Conn, out: list[Any]) -> None:
 
 HANDLERS.update({
     cmd.Meta: do_meta, cmd.MetaSwallow: do_meta_swallow, cmd.MetaDebug: do_meta_debug,
-    cmd.Watch: do_watch, cmd.Admin: do_admin,
+    cmd.Watch: do_watch, cmd.Admin: do_admin, cmd.Auth: do_auth,
 })

@@ -177,6 +177,7 @@ class Conn:
     __slots__ = (
         "transport", "server", "store", "settings", "group", "tstats", "parser", "fd", "addr",
         "listen_addr", "state", "last_cmd_time", "closing", "close_reason", "scope", "watcher",
+        "reparse",
     )
 
     def __init__(
@@ -195,7 +196,9 @@ class Conn:
         self.settings = server.settings
         self.group = group
         self.tstats = group.tstats
-        self.parser = Parser(item_size_max=server.settings.item_size_max, use_cas=server.settings.use_cas)
+        self.parser = Parser(item_size_max=server.settings.item_size_max, use_cas=server.settings.use_cas,
+                             require_auth=server.settings.auth_file is not None)
+        self.reparse = False  # set after authenticating: parse what was buffered behind it
         self.fd = fd
         self.addr = addr
         self.listen_addr = listen_addr
@@ -287,6 +290,10 @@ class Conn:
             out: list[Any] = []
             for command in commands:
                 handlers[type(command)](command, self, out)
+            if self.reparse:
+                self.reparse = False
+                for command in parser.feed(b""):
+                    handlers[type(command)](command, self, out)
             if out:
                 self.state = "conn_mwrite"
                 payload = b"".join(out)

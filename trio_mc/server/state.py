@@ -7,6 +7,7 @@ Connection counts change from several threads and are kept under a lock.
 
 from __future__ import annotations
 
+import hmac
 import os
 import threading
 import time
@@ -23,10 +24,22 @@ if TYPE_CHECKING:
     from trio_mc.server.conn import Conn
 
 
+def load_auth_file(path: str) -> dict[bytes, bytes]:
+    """memcached's ``-Y`` file: one ``user:password`` per line."""
+    users = {}
+    with open(path, "rb") as f:
+        for line in f.read().splitlines():
+            user, sep, password = line.partition(b":")
+            if sep and user:
+                users[user] = password
+    return users
+
+
 class ThreadStats:
     """Per-worker counters; written only by the owning worker thread."""
 
-    FIELDS = ("bytes_read", "bytes_written", "cmd_flush", "cmd_meta", "conn_yields", "idle_kicks")
+    FIELDS = ("bytes_read", "bytes_written", "cmd_flush", "cmd_meta", "conn_yields", "idle_kicks",
+              "auth_cmds", "auth_errors")
     __slots__ = FIELDS
 
     def __init__(self) -> None:
@@ -64,15 +77,20 @@ class ServerState:
     #: Set by the server: ask for a shutdown (``True`` for graceful), from any thread.
     request_shutdown: Callable[[bool], None] = lambda graceful: None
     pid: int = field(default_factory=os.getpid)
+    users: dict[bytes, bytes] = field(default_factory=dict)  # -Y: user -> password
 
     def __post_init__(self) -> None:
         self.prefix_stats.delimiter = self.settings.prefix_delimiter.encode()
+        self.users = load_auth_file(self.settings.auth_file) if self.settings.auth_file else {}
         self.store.on_evict = self._log_eviction
 
     def _log_eviction(self, key: bytes, fetched: bool, ttl: int, idle: int, clsid: int, size: int) -> None:
         if b"evictions" in self.logger.kinds:
             self.logger.log(b"evictions", b"type=eviction key=%b fetch=%b ttl=%d la=%d clsid=%d size=%d" % (
                 uriencode(key), b"yes" if fetched else b"no", ttl, idle, clsid, size))
+
+    def auth_check(self, user: bytes, password: bytes) -> bool:
+        return hmac.compare_digest(self.users.get(user, b"\0"), password)
 
     def new_thread_stats(self) -> ThreadStats:
         stats = ThreadStats()

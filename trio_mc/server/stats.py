@@ -92,8 +92,8 @@ def general(state: ServerState) -> _Stats:
         ("touch_misses", st.touch_misses),
         ("store_too_large", st.store_too_large),
         ("store_no_memory", st.store_no_memory),
-        ("auth_cmds", 0),
-        ("auth_errors", 0),
+        ("auth_cmds", t.auth_cmds),
+        ("auth_errors", t.auth_errors),
     ]
     if s.idle_timeout:
         out.append(("idle_kicks", t.idle_kicks))
