@@ -142,7 +142,7 @@ def test_deleted_keys_do_not_grow_the_queue(store: Store) -> None:
         store.delete(b"k")
         store.store(SET, b"k%d" % (i % 10), 0, 0, b"x\r\n")
         store.delete(b"k%d" % (i % 10))
-    assert len(store._queue) < 3000
+    assert len(store.lru) < 3000
 
 
 def test_set_maxbytes_shrinks(clock: ManualClock) -> None:

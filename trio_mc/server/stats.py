@@ -17,7 +17,6 @@ from trio_mc.numbers import safe_strtoul
 from trio_mc.protocol import replies
 from trio_mc.settings import settings_stats
 from trio_mc.store.slabs import SLAB_PAGE_SIZE
-from trio_mc.store.store import ClassStats
 
 if TYPE_CHECKING:
     from trio_mc.server.state import ServerState
@@ -153,10 +152,6 @@ def general(state: ServerState) -> _Stats:
     return out
 
 
-def _pages(cls: ClassStats, per_page: int) -> int:
-    return -(-cls.number // per_page) if cls.number else (1 if cls.cmd_set else 0)
-
-
 def items(state: ServerState) -> _Stats:
     """``stats items``: per class holding items."""
     store = state.store
@@ -171,7 +166,7 @@ def items(state: ServerState) -> _Stats:
             out += [(p + "number_hot", 0), (p + "number_warm", 0), (p + "number_cold", cls.number),
                     (p + "age_hot", 0), (p + "age_warm", 0)]
         out += [
-            (p + "age", 0),
+            (p + "age", store.class_age(clsid)),
             (p + "mem_requested", cls.mem_requested),
             (p + "evicted", cls.evicted),
             (p + "evicted_nonzero", cls.evicted_nonzero),
@@ -194,28 +189,26 @@ def items(state: ServerState) -> _Stats:
 
 
 def slabs(state: ServerState) -> _Stats:
-    """``stats slabs``: per class with memory, then totals."""
+    """``stats slabs``: per class that has pages, then totals."""
     store = state.store
+    lru = store.lru
     out: _Stats = []
     active = 0
-    malloced = 0
     for clsid, cls in enumerate(store.class_stats):
-        if clsid == 0:
-            continue
-        per_page = store.slabs.per_page[clsid - 1]
-        pages = _pages(cls, per_page)
+        pages = lru.pages[clsid] if clsid else 0
         if not pages:
             continue
         active += 1
-        malloced += pages * SLAB_PAGE_SIZE
+        per_page = store.slabs.per_page[clsid - 1]
+        used = lru.chunks[clsid]
         p = f"{clsid}:"
         out += [
             (p + "chunk_size", store.slabs.sizes[clsid - 1]),
             (p + "chunks_per_page", per_page),
             (p + "total_pages", pages),
             (p + "total_chunks", pages * per_page),
-            (p + "used_chunks", cls.number),
-            (p + "free_chunks", pages * per_page - cls.number),
+            (p + "used_chunks", used),
+            (p + "free_chunks", pages * per_page - used),
             (p + "free_chunks_end", 0),
             (p + "get_hits", cls.get_hits),
             (p + "cmd_set", cls.cmd_set),
@@ -226,7 +219,7 @@ def slabs(state: ServerState) -> _Stats:
             (p + "cas_badval", cls.cas_badval),
             (p + "touch_hits", cls.touch_hits),
         ]
-    out += [("active_slabs", active), ("total_malloced", malloced)]
+    out += [("active_slabs", active), ("total_malloced", lru.malloced)]
     return out
 
 

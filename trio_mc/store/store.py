@@ -29,13 +29,13 @@ import itertools
 import sys
 import threading
 from dataclasses import dataclass
-from collections import deque
 from collections.abc import Callable, Iterator
 
 from trio_mc.numbers import safe_strtoull
 from trio_mc.sizes import item_total_size
 from trio_mc.store import items
 from trio_mc.store.clock import Clock
+from trio_mc.store.lru import ClassQueues
 from trio_mc.store.items import (
     ACTIVE, FETCHED, HEADER_SIZE, KEY_BINARY, STALE, TOKEN_SENT, pack_header, unpack_header,
 )
@@ -178,9 +178,7 @@ class Store:
         self._object_bytes = 0  # keys and records
         self.bytes = 0  # memcached's "bytes": the sum of item sizes
         self._items: dict[bytes, bytes] = {}
-        self._queue: deque[bytes] = deque()
-        self._stale: dict[bytes, int] = {}  # key -> stale queue entries ahead of its live one
-        self._stale_total = 0
+        self.lru = ClassQueues(self.slabs, maxbytes)
         self._cas = 0
         #: Called as ``on_evict(key, fetched, ttl, idle, clsid, value length)`` for each
         #: eviction (the server's ``watch evictions``); lock held, must not block.
@@ -217,13 +215,17 @@ class Store:
         """The slab class memcached would keep this item in."""
         return self.slabs.clsid(self._ntotal_base + len(key) + len(record) + (4 if flags else 0))
 
-    def _account(self, key: bytes, record: bytes, sign: int) -> None:
+    def _account(self, key: bytes, record: bytes, sign: int) -> int:
+        """Add (``sign`` 1) or remove (-1) an item's memory; returns its class id."""
         ntotal = item_total_size(len(key), unpack_header(record)[0], len(record) - HEADER_SIZE, self.use_cas)
         self._object_bytes += sign * item_cost(len(key), len(record))
         self.bytes += sign * ntotal
-        cls = self.class_stats[self.slabs.clsid(ntotal)]
+        clsid = self.slabs.clsid(ntotal)
+        cls = self.class_stats[clsid]
         cls.number += sign
         cls.mem_requested += sign * ntotal
+        self.lru.chunks[clsid] += sign * self.lru.chunks_for(clsid, ntotal)
+        return clsid
 
     def _is_dead(self, exptime: int, time: int, cas: int, now: int) -> int:
         """0 if live, 1 if flushed, 2 if expired (``do_item_get``'s checks, in order)."""
@@ -290,40 +292,22 @@ class Store:
     def _unlink(self, key: bytes, record: bytes) -> None:
         """Remove a key whose queue entry stays behind (it becomes stale)."""
         del self._items[key]
-        self._account(key, record, -1)
-        self._stale[key] = self._stale.get(key, 0) + 1
-        self._stale_total += 1
-        if self._stale_total > len(self._items) + 1024:
-            self._compact_queue()
+        self.lru.orphan(key, self._account(key, record, -1))
+        if self.lru.stale_total > len(self._items) + 1024:
+            self.lru.compact()
 
-    def _skip_stale(self, key: bytes) -> bool:
-        """Consume one stale queue entry of ``key`` if it has any."""
-        count = self._stale.get(key)
-        if not count:
-            return False
-        if count == 1:
-            del self._stale[key]
-        else:
-            self._stale[key] = count - 1
-        self._stale_total -= 1
-        return True
-
-    def _compact_queue(self) -> None:
-        self._queue = deque(key for key in self._queue if not self._skip_stale(key))
-
-    def _make_room(self, cost: int, now: int) -> bool:
-        """Free memory for ``cost`` more bytes: reclaim, then evict (unless ``-M``)."""
-        queue = self._queue
+    def _evict_one(self, clsid: int, now: int) -> bool:
+        """Free one item of a class: the CLOCK hand reclaims a dead item, gives an ACTIVE
+        one a second chance, or evicts (refused under ``-M``).  False if nothing can go."""
+        queue = self.lru.queues[clsid]
         stats = self.stats
-        while self.mem_used + cost > self.maxbytes:  # (mem_used shrinks as items go)
-            if not queue:
-                return False
+        while queue:
             key = queue.popleft()
-            if self._skip_stale(key):
+            if self.lru.skip_stale(key, clsid):
                 continue
             record = self._items[key]
             flags, exptime, time, cas, iflags = unpack_header(record)
-            cls = self.class_stats[self._clsid(key, flags, record)]
+            cls = self.class_stats[clsid]
             if self._is_dead(exptime, time, cas, now):
                 self._reclaim(key, record, iflags, flags)
             elif iflags & ACTIVE:  # second chance
@@ -338,16 +322,28 @@ class Store:
                 stats.evictions += 1
                 cls.evicted += 1
                 cls.evicted_time = now - time
-                if self.on_evict is not None:
-                    self.on_evict(key, bool(iflags & FETCHED), exptime - now if exptime else -1, now - time,
-                                  self._clsid(key, flags, record), len(record) - HEADER_SIZE - 2)
                 if exptime:
                     cls.evicted_nonzero += 1
                 if not iflags & FETCHED:
                     stats.evicted_unfetched += 1
                     cls.evicted_unfetched += 1
+                if self.on_evict is not None:
+                    self.on_evict(key, bool(iflags & FETCHED), exptime - now if exptime else -1, now - time,
+                                  clsid, len(record) - HEADER_SIZE - 2)
             del self._items[key]
             self._account(key, record, -1)
+            return True
+        return False
+
+    def _make_room(self, cost: int, now: int, clsid: int | None) -> bool:
+        """Keep the Python memory under ``-m``: evict from the item's own class first (as
+        memcached does), then from whichever class holds the most memory."""
+        while self.mem_used + cost > self.maxbytes:
+            if clsid is not None and self.lru.queues[clsid] and self._evict_one(clsid, now):
+                continue
+            victims = sorted(range(1, len(self.class_stats)), key=lambda c: -self.class_stats[c].mem_requested)
+            if not any(self.class_stats[c].number and self._evict_one(c, now) for c in victims[:3]):
+                return False
         return True
 
     def _reclaim(self, key: bytes, record: bytes, iflags: int, flags: int) -> None:
@@ -359,17 +355,16 @@ class Store:
             self.stats.expired_unfetched += 1
             cls.expired_unfetched += 1
 
-    def _reclaim_head(self, now: int) -> None:
-        """Before an allocation, take back dead items at the LRU tail, as memcached's
-        allocator does (it looks at a few items at the tail of the class)."""
-        queue = self._queue
+    def _reclaim_head(self, clsid: int, now: int) -> None:
+        """Before an allocation, take back dead items at the class's LRU tail, as
+        memcached's allocator does (it looks at a few items there)."""
+        queue = self.lru.queues[clsid]
         for _ in range(5):
             if not queue:
                 return
             key = queue[0]
-            if self._stale.get(key):
+            if self.lru.skip_stale(key, clsid):
                 queue.popleft()
-                self._skip_stale(key)
                 continue
             record = self._items[key]
             flags, exptime, time, cas, iflags = unpack_header(record)
@@ -439,22 +434,37 @@ class Store:
         return out
 
     def _link(self, key: bytes, old: bytes | None, record: bytes, now: int) -> bool:
-        """Store ``record`` under ``key`` in place of ``old``, making room first."""
-        cost = item_cost(len(key), len(record))
+        """Store ``record`` under ``key`` in place of ``old``, making room first.
+
+        Two limits apply: a free chunk in the item's slab class (memcached's pages, so
+        evictions happen where memcached's would) and the real Python memory under ``-m``.
+        """
+        klen = len(key)
+        ntotal = self._ntotal_base + klen + len(record) + (4 if unpack_header(record)[0] else 0)
+        clsid = self.slabs.clsid(ntotal)
+        lru = self.lru
+        nchunks = lru.chunks_for(clsid, ntotal)
+        while not lru.fits(clsid, nchunks):
+            if not self._evict_one(clsid, now):
+                return False
+        cost = item_cost(klen, len(record))
         if old is not None:
-            cost -= item_cost(len(key), len(old))
-        if cost > 0 and self.mem_used + cost > self.maxbytes and not self._make_room(cost, now):
+            cost -= item_cost(klen, len(old))
+        if cost > 0 and self.mem_used + cost > self.maxbytes and not self._make_room(cost, now, clsid):
             return False
         if old is not None and self._items.get(key) is old:
             self._items[key] = record
-            self._account(key, old, -1)
+            old_clsid = self._account(key, old, -1)
+            if old_clsid != clsid:  # the new size moves it to another class's queue
+                lru.orphan(key, old_clsid)
+                lru.append(key, clsid)
         else:  # new, or the old version was evicted to make room
             self._items[key] = record
-            self._queue.append(key)
+            lru.append(key, clsid)
         self._account(key, record, 1)
         self.stats.total_items += 1
         if self.mem_used > self.maxbytes:  # the insert grew the hash table: pay for it
-            self._make_room(0, now)
+            self._make_room(0, now, clsid)
         return True
 
     def _out_of_memory(self, mode: int, key: bytes) -> StoreResult:
@@ -551,7 +561,10 @@ class Store:
         """
         with self.lock:
             now = self.clock.now()
-            self._reclaim_head(now)  # memcached's allocator looks at the LRU tail first
+            # memcached allocates before it looks the key up: dead items at the tail of
+            # the new item's class are reclaimed first.
+            self._reclaim_head(self.slabs.clsid(self._ntotal_base + len(key) + HEADER_SIZE + len(data)
+                                                + (4 if flags else 0)), now)
             old = self._find(key, now)
             iflags = KEY_BINARY if binary else 0
             if old is None:
@@ -828,8 +841,8 @@ class Store:
     def set_maxbytes(self, maxbytes: int) -> None:
         """cache_memlimit: a smaller limit evicts down to it at once."""
         with self.lock:
-            self.maxbytes = maxbytes
-            self._make_room(0, self.clock.now())
+            self.maxbytes = self.lru.maxbytes = maxbytes
+            self._make_room(0, self.clock.now(), None)
 
     # -- introspection --------------------------------------------------------------------
 
@@ -839,11 +852,18 @@ class Store:
         object plus the hash table and the eviction queue at their current sizes.  Under
         churn a dict keeps 2 to 4 entry slots per live item, so it is measured, not guessed.
         """
-        return self._object_bytes + sys.getsizeof(self._items) + _QUEUE_SLOT * len(self._queue)
+        return self._object_bytes + sys.getsizeof(self._items) + _QUEUE_SLOT * len(self.lru)
 
     @property
     def curr_items(self) -> int:
         return len(self._items)
+
+    def class_age(self, clsid: int) -> int:
+        """Seconds since the oldest item of a class was last used (``stats items`` age)."""
+        with self.lock:
+            heads = self.lru.live_heads(clsid, 1)
+            record = self._items.get(heads[0]) if heads else None
+            return self.clock.now() - unpack_header(record)[2] if record else 0
 
     def dump(self, clsid: int, limit: int) -> list[tuple[bytes, int, int]]:
         """``stats cachedump``: ``(key, value length, expiry as Unix time or 0)``."""

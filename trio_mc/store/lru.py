@@ -1,0 +1,96 @@
+"""Per-class LRU queues and slab page accounting: memcached's ``slabclass`` and LRU lists.
+
+memcached carves ``-m`` into 1 MiB pages; each slab class takes pages as it needs chunks,
+and once no page is left an item can only be stored by evicting from its own class.  Tools
+and tests observe exactly that (which items are evicted, ``total_malloced``, per-class
+``evicted``), so trio-mc keeps the same book-keeping: pages and used chunks per class.
+
+Each class has a FIFO queue of keys used as a CLOCK (see :mod:`.store`).  Removing a key
+leaves its queue entry behind as a stale one: stale entries are counted per class and key
+(the oldest entries of a key are the stale ones) and skipped when met, and the queues are
+compacted once stale entries outnumber live items, so memory stays proportional.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+
+from trio_mc.store.slabs import SLAB_PAGE_SIZE, SlabClasses
+
+
+class ClassQueues:
+    """Eviction queues and page counts, indexed by slab class id (1-based)."""
+
+    def __init__(self, slabs: SlabClasses, maxbytes: int) -> None:
+        n = len(slabs.sizes) + 1
+        self.slabs = slabs
+        self.maxbytes = maxbytes
+        self.queues: list[deque[bytes]] = [deque() for _ in range(n)]
+        self._stale: list[dict[bytes, int]] = [{} for _ in range(n)]
+        self.stale_total = 0
+        self.pages = [0] * n
+        self.chunks = [0] * n  # chunks in use
+        # memcached's test hook: pretend this much was already allocated.
+        self.malloced = int(os.environ.get("T_MEMD_INITIAL_MALLOC", "0") or 0)
+
+    def chunks_for(self, clsid: int, ntotal: int) -> int:
+        """Chunks an item takes: one, or several of the largest class for big items."""
+        size = self.slabs.sizes[clsid - 1]
+        return 1 if ntotal <= size else -(-ntotal // size)
+
+    def fits(self, clsid: int, nchunks: int) -> bool:
+        """Whether the class has ``nchunks`` free chunks, taking pages while ``-m`` allows
+        (a class's first page is always granted, as in memcached)."""
+        per_page = self.slabs.per_page[clsid - 1]
+        while self.chunks[clsid] + nchunks > self.pages[clsid] * per_page:
+            if self.pages[clsid] and self.malloced + SLAB_PAGE_SIZE > self.maxbytes:
+                return False
+            self.pages[clsid] += 1
+            self.malloced += SLAB_PAGE_SIZE
+        return True
+
+    def append(self, key: bytes, clsid: int) -> None:
+        self.queues[clsid].append(key)
+
+    def orphan(self, key: bytes, clsid: int) -> None:
+        """The key's entry in this class's queue no longer stands for a live item."""
+        stale = self._stale[clsid]
+        stale[key] = stale.get(key, 0) + 1
+        self.stale_total += 1
+
+    def skip_stale(self, key: bytes, clsid: int) -> bool:
+        """Consume one stale entry of ``key`` in this class if it has any."""
+        stale = self._stale[clsid]
+        count = stale.get(key)
+        if not count:
+            return False
+        if count == 1:
+            del stale[key]
+        else:
+            stale[key] = count - 1
+        self.stale_total -= 1
+        return True
+
+    def compact(self) -> None:
+        for clsid, queue in enumerate(self.queues):
+            if queue:
+                self.queues[clsid] = deque(key for key in queue if not self.skip_stale(key, clsid))
+
+    def live_heads(self, clsid: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` live keys from the head (oldest end) of a queue, not consumed."""
+        stale = self._stale[clsid]
+        seen: dict[bytes, int] = {}
+        out = []
+        for key in self.queues[clsid]:
+            skipped = seen.get(key, 0)
+            if skipped < stale.get(key, 0):
+                seen[key] = skipped + 1
+                continue
+            out.append(key)
+            if len(out) >= limit:
+                break
+        return out
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.queues)
