@@ -97,16 +97,18 @@ def parse_meta(tokens: list[bytes], item_too_large: Callable[[int, int, int], bo
         if op in b"da":  # md and ma report every pre-parse problem the same way
             error = b"CLIENT_ERROR invalid or duplicate flag"
         return _refuse(m, error, need)
+    if op == ord("s") and m.mode not in (0, ord("S"), ord("E"), ord("A"), ord("P"), ord("R")):
+        return _refuse(m, b"CLIENT_ERROR invalid mode for ms M token", need)
     # An over-long opaque: ms and md refuse before acting; mg and ma act first, then say so.
-    for token in m.tokens:
+    for i, token in enumerate(m.tokens):
         if token[0] == ord("O") and len(token) > MAX_OPAQUE_LENGTH:
             if op in b"sd":
                 return _refuse(m, b"CLIENT_ERROR opaque token too long", need)
+            # memcached stops applying flags at the bad opaque: the ones after it are lost.
             m.late_error = b"CLIENT_ERROR opaque token too long\r\n"
+            m.tokens = m.tokens[:i]
             break
     if op == ord("s"):
-        if m.mode not in (0, ord("S"), ord("E"), ord("A"), ord("P"), ord("R")):
-            return _refuse(m, b"CLIENT_ERROR invalid mode for ms M token", need)
         if item_too_large(len(m.key), m.client_flags, need):
             return cmd.MetaSwallow(replies.SERVER_ERROR_TOO_LARGE, need, m.key)
         m.need = need

@@ -411,6 +411,7 @@ def _meta_get(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
     item = conn.store.meta_get(
         c.key, _ttl_ops(c), vivify=c.vivify is not None,
         bump=not c.no_update, touched=c.ttl is not None, binary=c.binary, new_cas=c.new_cas,
+        claim=c.late_error is None,
     )
     if conn.settings.detail_enabled:
         conn.server.prefix_stats.record_get(c.key, item is not None)

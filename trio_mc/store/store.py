@@ -605,11 +605,12 @@ class Store:
             if mode == APPEND or mode == PREPEND:
                 if cas and cas != old_cas:
                     return StoreResult.EXISTS, 0, 0
-                # The combined item keeps the old flags and expiry.
+                # The combined item is a new allocation: the old flags and expiry, no
+                # other item flags (memcached's append drops a meta binary-key mark too).
                 value = old[HEADER_SIZE:-2] + data if mode == APPEND else data[:-2] + old[HEADER_SIZE:]
                 if item_total_size(len(key), old_flags, len(value), self.use_cas) > self.item_size_max:
                     return StoreResult.NOT_STORED, 0, 0
-                flags, new_exptime, data = old_flags, old_exptime, value
+                flags, new_exptime, data, iflags = old_flags, old_exptime, value, 0
             cas_value = self._cas_for(new_cas)
             record = pack_header(flags, new_exptime, now, cas_value, iflags) + data
             if not self._link(key, old, record, now):
@@ -719,10 +720,11 @@ class Store:
         return exptime, seen, won
 
     def meta_get(self, key: bytes, ops: list[tuple[int, int]], *, vivify: bool, bump: bool,
-                 touched: bool, binary: bool, new_cas: int | None) -> MetaItem | None:
+                 touched: bool, binary: bool, new_cas: int | None, claim: bool = True) -> MetaItem | None:
         """mg: fetch, maybe create (N), apply T/R in order, hand out the recache token.
 
-        ``ops`` are the T, N, R and t flags in request order with their raw tokens.
+        ``ops`` are the T, N, R and t flags in request order with their raw tokens.  With
+        ``claim`` false (the command will answer an error) a won token is not recorded.
         """
         with self.lock:
             now = self.clock.now()
@@ -743,7 +745,7 @@ class Store:
             is_stale = bool(iflags & STALE)
             if is_stale and not token_sent:
                 won = True
-            new_iflags = iflags | (TOKEN_SENT if won else 0)
+            new_iflags = iflags | (TOKEN_SENT if won and claim else 0)
             new_time = time
             if bump:
                 new_iflags, new_time = self._bumped(new_iflags, time, now)
