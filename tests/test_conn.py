@@ -167,3 +167,14 @@ async def test_ascii_authentication(server_state: ServerState, connect: ClientFa
     assert await c.read_until(b"VERSION 1.6.18\r\n") == b"STORED\r\nVERSION 1.6.18\r\n"
     stats = await c.ask(b"stats\r\n", b"END\r\n")
     assert b"STAT auth_cmds 2\r\n" in stats and b"STAT auth_errors 1\r\n" in stats
+
+
+async def test_read_buf_mem_limit_refuses_oversized_batches(server_state: ServerState, connect: ClientFactory) -> None:
+    server_state.settings.read_buf_mem_limit = 1024 * 1024
+    server_state.settings.num_threads = 32  # a budget of 32 pending replies
+    c = await connect()
+    assert await c.ask(b"get " + b" ".join([b"k"] * 40) + b"\r\n") == b"SERVER_ERROR out of memory writing get response\r\n"
+    await c.send(b"mn\r\n" * 40)
+    with trio.fail_after(5):
+        assert await c.stream.receive_some() == b""
+    assert sum(t.response_obj_oom for t in server_state.thread_stats) == 2

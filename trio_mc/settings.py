@@ -79,6 +79,22 @@ class Settings:
     binary_only: bool = False
 
 
+#: What one pending response costs against ``read_buf_mem_limit`` (memcached's response
+#: object with its small write buffer, rounded up).
+RESPONSE_OBJECT_BYTES = 1024
+
+
+def response_budget(s: Settings) -> int:
+    """Responses one batch may hold under ``-o read_buf_mem_limit`` (0: unlimited).
+
+    memcached splits the limit between its worker threads and takes one response object
+    per reply (one per key of a multi-get); past the budget it refuses the request.
+    """
+    if not s.read_buf_mem_limit:
+        return 0
+    return max(1, s.read_buf_mem_limit // max(1, s.num_threads) // RESPONSE_OBJECT_BYTES)
+
+
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 

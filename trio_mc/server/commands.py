@@ -43,6 +43,10 @@ _VERSION = replies.version(MEMCACHED_VERSION)
 
 
 def do_get(c: cmd.Get, conn: Conn, out: list[Any]) -> None:
+    if conn.budget and len(c.keys) > conn.budget:
+        conn.tstats.response_obj_oom += 1
+        out.append(b"SERVER_ERROR out of memory writing get response\r\n")
+        return
     if len(c.keys) == 1 and c.exptime is None and not (conn.settings.detail_enabled or conn.server.logger.fetchers):
         hit = conn.store.get_one(c.keys[0])
         if hit is not None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from trio_mc.protocol.parser import Parser
+from trio_mc.settings import response_budget
 from trio_mc.server.commands import HANDLERS
 from trio_mc.server.logger import Watcher
 
@@ -177,7 +178,7 @@ class Conn:
     __slots__ = (
         "transport", "server", "store", "settings", "group", "tstats", "parser", "fd", "addr",
         "listen_addr", "state", "last_cmd_time", "closing", "close_reason", "scope", "watcher",
-        "reparse",
+        "reparse", "budget",
     )
 
     def __init__(
@@ -199,6 +200,7 @@ class Conn:
         self.parser = Parser(item_size_max=server.settings.item_size_max, use_cas=server.settings.use_cas,
                              require_auth=server.settings.auth_file is not None)
         self.reparse = False  # set after authenticating: parse what was buffered behind it
+        self.budget = response_budget(server.settings)  # -o read_buf_mem_limit, 0 = none
         self.fd = fd
         self.addr = addr
         self.listen_addr = listen_addr
@@ -287,6 +289,9 @@ class Conn:
             if not commands:
                 continue
             self.last_cmd_time = clock.now()
+            if self.budget and len(commands) > self.budget:
+                tstats.response_obj_oom += 1  # too many replies to hold: memcached hangs up
+                return
             out: list[Any] = []
             for command in commands:
                 handlers[type(command)](command, self, out)

@@ -39,7 +39,7 @@ class ThreadStats:
     """Per-worker counters; written only by the owning worker thread."""
 
     FIELDS = ("bytes_read", "bytes_written", "cmd_flush", "cmd_meta", "conn_yields", "idle_kicks",
-              "auth_cmds", "auth_errors")
+              "auth_cmds", "auth_errors", "response_obj_oom")
     __slots__ = FIELDS
 
     def __init__(self) -> None:

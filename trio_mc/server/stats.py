@@ -61,7 +61,7 @@ def general(state: ServerState) -> _Stats:
         ("total_connections", state.total_conns + nlisteners),
         ("rejected_connections", state.rejected_conns),
         ("connection_structures", state.max_conns_seen + nlisteners),
-        ("response_obj_oom", 0),
+        ("response_obj_oom", t.response_obj_oom),
         ("response_obj_count", 1),
         ("response_obj_bytes", 65536),
         ("read_buf_count", 8),
