@@ -162,3 +162,18 @@ def test_stats_counters(store: Store) -> None:
     assert store.stats.delete_misses == 1
     assert store.curr_items == 1 and store.stats.total_items == 1
     assert store.bytes == 48 + 2 + 3 + 8
+
+
+def test_slab_pages_bound_each_class_and_reassign_moves_one(clock: ManualClock) -> None:
+    store = Store(clock=clock, maxbytes=4 * 1024 * 1024)
+    big = b"x" * 70000 + b"\r\n"  # class 31: 12 per 1 MiB page... 4 pages at most
+    for i in range(60):
+        store.store(SET, b"b%d" % i, 0, 0, big)
+    assert store.lru.pages[31] == 4 and store.class_stats[31].evicted > 0
+    small = b"y" * 20000 + b"\r\n"
+    for i in range(60):
+        store.store(SET, b"s%d" % i, 0, 0, small)
+    assert store.class_stats[25].evicted > 0  # its first page is granted, then it evicts
+    assert store.reassign(31, 25) == "OK"
+    assert (store.lru.pages[31], store.lru.pages[25], store.lru.slabs_moved) == (3, 2, 1)
+    assert store.reassign(25, 25) == "SAME" and store.reassign(99, 1) == "BADCLASS"

@@ -233,9 +233,16 @@ def do_admin(c: cmd.Admin, conn: Conn, out: list[Any]) -> None:
     out.append(_ADMIN[c.name](c.args, conn, out))
 
 
+_REASSIGN = {
+    "OK": replies.OK,
+    "BADCLASS": b"BADCLASS invalid src or dst class id\r\n",
+    "NOSPARE": b"NOSPARE source class has no spare pages\r\n",
+    "SAME": b"SAME src and dst class are identical\r\n",
+}
+
+
 def _slabs(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
-    """slabs reassign / automove.  trio-mc has no slab pages to move, so a valid reassign
-    is answered OK and changes nothing."""
+    """slabs reassign / automove: pages move between classes' accounting (see store)."""
     s = conn.settings
     if len(args) == 3 and args[0] == b"reassign":
         if not s.slab_reassign:
@@ -243,12 +250,7 @@ def _slabs(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
         src, dst = safe_strtol(args[1]), safe_strtol(args[2])
         if src is None or dst is None:
             return replies.CLIENT_ERROR_FORMAT
-        nclasses = len(conn.store.slabs.sizes)
-        if not (src == -1 or 1 <= src <= nclasses) or not 1 <= dst <= nclasses:
-            return b"BADCLASS invalid src or dst class id\r\n"
-        if src == dst:
-            return b"SAME src and dst class are identical\r\n"
-        return replies.OK
+        return _REASSIGN[conn.store.reassign(src, dst)]
     if len(args) >= 2 and args[0] == b"automove":
         if args[1] == b"ratio":
             try:

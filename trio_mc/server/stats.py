@@ -115,7 +115,7 @@ def general(state: ServerState) -> _Stats:
         ("slab_reassign_busy_items", 0),
         ("slab_reassign_busy_deletes", 0),
         ("slab_reassign_running", 0),
-        ("slabs_moved", 0),
+        ("slabs_moved", store.lru.slabs_moved),
     ]
     if s.lru_crawler:
         out += [("lru_crawler_running", 0), ("lru_crawler_starts", 0)]
@@ -133,7 +133,7 @@ def general(state: ServerState) -> _Stats:
         ("bytes", store.bytes),
         ("curr_items", store.curr_items),
         ("total_items", st.total_items),
-        ("slab_global_page_pool", 0),
+        ("slab_global_page_pool", store.lru.global_pool),
         ("expired_unfetched", st.expired_unfetched),
         ("evicted_unfetched", st.evicted_unfetched),
     ]

@@ -31,6 +31,8 @@ class ClassQueues:
         self.stale_total = 0
         self.pages = [0] * n
         self.chunks = [0] * n  # chunks in use
+        self.global_pool = 0  # pages given back by "slabs reassign <src> 0"
+        self.slabs_moved = 0
         # memcached's test hook: pretend this much was already allocated.
         self.malloced = int(os.environ.get("T_MEMD_INITIAL_MALLOC", "0") or 0)
 
@@ -44,11 +46,18 @@ class ClassQueues:
         (a class's first page is always granted, as in memcached)."""
         per_page = self.slabs.per_page[clsid - 1]
         while self.chunks[clsid] + nchunks > self.pages[clsid] * per_page:
-            if self.pages[clsid] and self.malloced + SLAB_PAGE_SIZE > self.maxbytes:
+            if self.global_pool:
+                self.global_pool -= 1
+            elif self.pages[clsid] and self.malloced + SLAB_PAGE_SIZE > self.maxbytes:
                 return False
+            else:
+                self.malloced += SLAB_PAGE_SIZE
             self.pages[clsid] += 1
-            self.malloced += SLAB_PAGE_SIZE
         return True
+
+    def over(self, clsid: int) -> bool:
+        """More chunks in use than the class's pages hold (after a page was moved away)."""
+        return self.chunks[clsid] > self.pages[clsid] * self.slabs.per_page[clsid - 1]
 
     def append(self, key: bytes, clsid: int) -> None:
         self.queues[clsid].append(key)

@@ -840,6 +840,37 @@ class Store:
             else:
                 self._oldest_live = new_oldest
 
+    def reassign(self, src: int, dst: int) -> str:
+        """``slabs reassign``: move one page from class ``src`` (-1: any with a spare page)
+        to class ``dst`` (0: the global pool), evicting what the page held.
+
+        Returns memcached's answer: OK, BADCLASS, NOSPARE or SAME.
+        """
+        nclasses = len(self.slabs.sizes)
+        with self.lock:
+            lru = self.lru
+            if src == -1:
+                spare = [c for c in range(1, nclasses + 1) if c != dst and lru.pages[c] > 1]
+                if not spare:
+                    return "NOSPARE"
+                src = max(spare, key=lambda c: lru.pages[c])
+            if not 1 <= src <= nclasses or not 0 <= dst <= nclasses:
+                return "BADCLASS"
+            if src == dst:
+                return "SAME"
+            if lru.pages[src] < 2:
+                return "NOSPARE"
+            lru.pages[src] -= 1
+            if dst:
+                lru.pages[dst] += 1
+            else:
+                lru.global_pool += 1
+            lru.slabs_moved += 1
+            now = self.clock.now()
+            while lru.over(src) and self._evict_one(src, now):
+                pass
+            return "OK"
+
     def set_maxbytes(self, maxbytes: int) -> None:
         """cache_memlimit: a smaller limit evicts down to it at once."""
         with self.lock:
