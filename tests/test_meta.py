@@ -126,3 +126,16 @@ async def test_random_meta_flags_answer_well_formed(connect: ClientFactory) -> N
         reply = await c.read_until(b"MN\r\n")
         body = reply[: -len(b"MN\r\n")]
         assert body == b"" or _REPLY.fullmatch(body), (line, reply)
+
+
+async def test_newer_flags_beyond_1_6_18(connect: ClientFactory) -> None:
+    """E, md x, ms s, mg C and ms N (append) as current memcached has them."""
+    c = await connect()
+    assert await c.ask(b"ms k 2 E500 c s\r\nab\r\n") == b"HD c500 s2\r\n"  # E sets the CAS
+    assert await c.ask(b"mg k c v C500\r\n") == b"HD c500\r\n"  # C matches: no value
+    assert await c.ask(b"mg k v C1\r\n", b"ab\r\n") == b"VA 2\r\nab\r\n"
+    assert await c.ask(b"md k x\r\n") == b"HD\r\n"  # drop the value, keep the item
+    assert await c.ask(b"mg k v\r\n", b"\r\n\r\n") == b"VA 0\r\n\r\n"
+    assert await c.ask(b"mg k x\r\n") == b"CLIENT_ERROR invalid flag\r\n"  # x is md only
+    assert await c.ask(b"ms new 1 MA N30\r\nz\r\n") == b"HD\r\n"  # append creates on a miss
+    assert await c.ask(b"mg new v t\r\n", b"z\r\n") == b"VA 1 t30\r\nz\r\n"

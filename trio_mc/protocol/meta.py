@@ -137,6 +137,8 @@ def _preparse(m: cmd.Meta) -> bytes | None:
         if spec is None:
             return b"CLIENT_ERROR invalid flag"
         attr, parse, bad = spec
+        if flag == ord("x") and m.op != ord("d"):
+            return b"CLIENT_ERROR invalid flag"  # x (drop the value) exists only for md
         if flag == ord("b"):
             key = base64.decode(m.key)
             if key is None:

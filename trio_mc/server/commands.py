@@ -280,6 +280,7 @@ def _lru(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
             return replies.ERROR
         s.temp_lru = ttl >= 0
         s.temporary_ttl = ttl
+        conn.store.temporary_ttl = ttl if s.temp_lru else None
         return replies.OK
     if args[0] == b"tune" and len(args) == 5:
         numbers = [safe_strtoul(a) for a in args[1:3]]
@@ -291,6 +292,7 @@ def _lru(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
             return replies.ERROR
         s.hot_lru_pct, s.warm_lru_pct = numbers  # type: ignore[assignment]
         s.hot_max_factor, s.warm_max_factor = factors
+        conn.store.hot_lru_pct, conn.store.warm_lru_pct = s.hot_lru_pct, s.warm_lru_pct
         return replies.OK
     return replies.ERROR
 

@@ -51,6 +51,9 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
         slabs=SlabClasses(settings.factor, settings.chunk_size, settings.slab_chunk_size_max),
         lru_segmented=settings.lru_segmented,
         item_size_max=settings.item_size_max,
+        hot_lru_pct=settings.hot_lru_pct,
+        warm_lru_pct=settings.warm_lru_pct,
+        temporary_ttl=settings.temporary_ttl if settings.temp_lru else None,
     )
 
 

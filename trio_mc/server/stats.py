@@ -16,7 +16,7 @@ from trio_mc import MEMCACHED_VERSION
 from trio_mc.numbers import safe_strtoul
 from trio_mc.protocol import replies
 from trio_mc.settings import settings_stats
-from trio_mc.store.slabs import SLAB_PAGE_SIZE
+from trio_mc.store.items import COLD, HOT, TEMP, WARM
 
 if TYPE_CHECKING:
     from trio_mc.server.state import ServerState
@@ -147,26 +147,32 @@ def general(state: ServerState) -> _Stats:
         ("lrutail_reflocked", 0),
     ]
     if s.lru_maintainer_thread:
-        out += [("moves_to_cold", 0), ("moves_to_warm", 0), ("moves_within_lru", 0),
-                ("direct_reclaims", 0), ("lru_bumps_dropped", 0)]
+        out += [("moves_to_cold", total("moves_to_cold")), ("moves_to_warm", total("moves_to_warm")),
+                ("moves_within_lru", total("moves_within_lru")), ("direct_reclaims", 0),
+                ("lru_bumps_dropped", 0)]
     return out
 
 
 def items(state: ServerState) -> _Stats:
-    """``stats items``: per class holding items."""
+    """``stats items``: per class holding items (segment counts when the LRU is segmented)."""
     store = state.store
     segmented = state.settings.lru_segmented
+    temp = state.settings.temp_lru
     out: _Stats = []
     for clsid, cls in enumerate(store.class_stats):
         if clsid == 0 or not cls.number:
             continue
         p = f"items:{clsid}:"
+        counts = store.lru.counts[clsid]
         out.append((p + "number", cls.number))
         if segmented:
-            out += [(p + "number_hot", 0), (p + "number_warm", 0), (p + "number_cold", cls.number),
-                    (p + "age_hot", 0), (p + "age_warm", 0)]
+            out += [(p + "number_hot", counts[HOT]), (p + "number_warm", counts[WARM]),
+                    (p + "number_cold", counts[COLD])]
+            if temp:
+                out.append((p + "number_temp", counts[TEMP]))
+            out += [(p + "age_hot", store.class_age(clsid, HOT)), (p + "age_warm", store.class_age(clsid, WARM))]
         out += [
-            (p + "age", store.class_age(clsid)),
+            (p + "age", store.class_age(clsid, COLD)),
             (p + "mem_requested", cls.mem_requested),
             (p + "evicted", cls.evicted),
             (p + "evicted_nonzero", cls.evicted_nonzero),
@@ -182,9 +188,10 @@ def items(state: ServerState) -> _Stats:
             (p + "lrutail_reflocked", 0),
         ]
         if segmented:
-            out += [(p + "moves_to_cold", 0), (p + "moves_to_warm", 0), (p + "moves_within_lru", 0),
-                    (p + "direct_reclaims", 0), (p + "hits_to_hot", 0), (p + "hits_to_warm", 0),
-                    (p + "hits_to_cold", 0), (p + "hits_to_temp", 0)]
+            out += [(p + "moves_to_cold", cls.moves_to_cold), (p + "moves_to_warm", cls.moves_to_warm),
+                    (p + "moves_within_lru", cls.moves_within_lru), (p + "direct_reclaims", 0),
+                    (p + "hits_to_hot", cls.hits_to[HOT]), (p + "hits_to_warm", cls.hits_to[WARM]),
+                    (p + "hits_to_cold", cls.hits_to[COLD]), (p + "hits_to_temp", cls.hits_to[TEMP])]
     return out
 
 

@@ -25,6 +25,11 @@ STALE = 0x04  # marked stale by a meta invalidation
 TOKEN_SENT = 0x08  # a meta client already won the right to recache it
 KEY_BINARY = 0x10  # stored through the meta protocol with a base64 (binary) key
 
+# Which LRU segment of its class the item sits in (two bits), memcached's HOT/WARM/COLD/TEMP.
+SEG_SHIFT = 5
+SEG_MASK = 0x60
+COLD, HOT, WARM, TEMP = 0, 1, 2, 3  # COLD is 0: flat mode never rewrites the bits
+
 
 def make(flags: int, exptime: int, time: int, cas: int, iflags: int, data: bytes) -> bytes:
     """A new record; ``data`` is the value including its trailing ``\\r\\n``."""

@@ -5,10 +5,14 @@ and once no page is left an item can only be stored by evicting from its own cla
 and tests observe exactly that (which items are evicted, ``total_malloced``, per-class
 ``evicted``), so trio-mc keeps the same book-keeping: pages and used chunks per class.
 
-Each class has a FIFO queue of keys used as a CLOCK (see :mod:`.store`).  Removing a key
-leaves its queue entry behind as a stale one: stale entries are counted per class and key
-(the oldest entries of a key are the stale ones) and skipped when met, and the queues are
-compacted once stale entries outnumber live items, so memory stays proportional.
+Each class has four FIFO queues of keys, memcached's segmented LRU: new items enter HOT
+(or TEMP for short TTLs, never evicted); HOT and WARM overflow into COLD, items read twice
+are kept in (or rescued to) WARM, and eviction takes COLD's oldest.  In flat mode
+(``no_lru_maintainer``) only COLD is used, as a CLOCK with a second chance.
+
+Removing a key leaves its queue entry behind as a stale one: stale entries are counted per
+queue and key (the oldest entries of a key are the stale ones) and skipped when met, and
+the queues are compacted once stale entries outnumber live items.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ class ClassQueues:
         n = len(slabs.sizes) + 1
         self.slabs = slabs
         self.maxbytes = maxbytes
-        self.queues: list[deque[bytes]] = [deque() for _ in range(n)]
-        self._stale: list[dict[bytes, int]] = [{} for _ in range(n)]
+        self.queues: list[list[deque[bytes]]] = [[deque() for _ in range(4)] for _ in range(n)]
+        self._stale: list[list[dict[bytes, int]]] = [[{} for _ in range(4)] for _ in range(n)]
+        self.counts = [[0] * 4 for _ in range(n)]  # live items per class and segment
         self.stale_total = 0
         self.pages = [0] * n
         self.chunks = [0] * n  # chunks in use
@@ -59,18 +64,18 @@ class ClassQueues:
         """More chunks in use than the class's pages hold (after a page was moved away)."""
         return self.chunks[clsid] > self.pages[clsid] * self.slabs.per_page[clsid - 1]
 
-    def append(self, key: bytes, clsid: int) -> None:
-        self.queues[clsid].append(key)
+    def append(self, key: bytes, clsid: int, seg: int) -> None:
+        self.queues[clsid][seg].append(key)
 
-    def orphan(self, key: bytes, clsid: int) -> None:
-        """The key's entry in this class's queue no longer stands for a live item."""
-        stale = self._stale[clsid]
+    def orphan(self, key: bytes, clsid: int, seg: int) -> None:
+        """The key's entry in this queue no longer stands for a live item."""
+        stale = self._stale[clsid][seg]
         stale[key] = stale.get(key, 0) + 1
         self.stale_total += 1
 
-    def skip_stale(self, key: bytes, clsid: int) -> bool:
-        """Consume one stale entry of ``key`` in this class if it has any."""
-        stale = self._stale[clsid]
+    def skip_stale(self, key: bytes, clsid: int, seg: int) -> bool:
+        """Consume one stale entry of ``key`` in this queue if it has any."""
+        stale = self._stale[clsid][seg]
         count = stale.get(key)
         if not count:
             return False
@@ -82,16 +87,17 @@ class ClassQueues:
         return True
 
     def compact(self) -> None:
-        for clsid, queue in enumerate(self.queues):
-            if queue:
-                self.queues[clsid] = deque(key for key in queue if not self.skip_stale(key, clsid))
+        for clsid, queues in enumerate(self.queues):
+            for seg, queue in enumerate(queues):
+                if queue:
+                    queues[seg] = deque(key for key in queue if not self.skip_stale(key, clsid, seg))
 
-    def live_heads(self, clsid: int, limit: int) -> list[bytes]:
+    def live_heads(self, clsid: int, seg: int, limit: int) -> list[bytes]:
         """Up to ``limit`` live keys from the head (oldest end) of a queue, not consumed."""
-        stale = self._stale[clsid]
+        stale = self._stale[clsid][seg]
         seen: dict[bytes, int] = {}
         out = []
-        for key in self.queues[clsid]:
+        for key in self.queues[clsid][seg]:
             skipped = seen.get(key, 0)
             if skipped < stale.get(key, 0):
                 seen[key] = skipped + 1
@@ -102,4 +108,4 @@ class ClassQueues:
         return out
 
     def __len__(self) -> int:
-        return sum(len(q) for q in self.queues)
+        return sum(len(q) for queues in self.queues for q in queues)
