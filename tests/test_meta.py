@@ -139,3 +139,9 @@ async def test_newer_flags_beyond_1_6_18(connect: ClientFactory) -> None:
     assert await c.ask(b"mg k x\r\n") == b"CLIENT_ERROR invalid flag\r\n"  # x is md only
     assert await c.ask(b"ms new 1 MA N30\r\nz\r\n") == b"HD\r\n"  # append creates on a miss
     assert await c.ask(b"mg new v t\r\n", b"z\r\n") == b"VA 1 t30\r\nz\r\n"
+
+
+async def test_ma_autovivify_keeps_its_ttl(connect: ClientFactory) -> None:
+    c = await connect()
+    assert await c.ask(b"ma mu N90\r\n") == b"HD\r\n"
+    assert await c.ask(b"mg mu t v\r\n", b"0\r\n") == b"VA 1 t90\r\n0\r\n"

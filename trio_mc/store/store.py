@@ -521,11 +521,12 @@ class Store:
                             bool(iflags & FETCHED), self.slabs.clsid(size), size))
         return out
 
-    def _link(self, key: bytes, old: bytes | None, record: bytes, now: int) -> bool:
+    def _link(self, key: bytes, old: bytes | None, record: bytes, now: int) -> bytes | None:
         """Store ``record`` under ``key`` in place of ``old``, making room first.
 
         Two limits apply: a free chunk in the item's slab class (memcached's pages, so
         evictions happen where memcached's would) and the real Python memory under ``-m``.
+        Returns the record as stored (its LRU segment set), or ``None`` if there is no room.
         """
         klen = len(key)
         ntotal = self._ntotal_base + klen + len(record) + (4 if unpack_header(record)[0] else 0)
@@ -534,12 +535,12 @@ class Store:
         nchunks = lru.chunks_for(clsid, ntotal)
         while not lru.fits(clsid, nchunks):
             if not self._evict_one(clsid, now):
-                return False
+                return None
         cost = item_cost(klen, len(record))
         if old is not None:
             cost -= item_cost(klen, len(old))
         if cost > 0 and self.mem_used + cost > self.maxbytes and not self._make_room(cost, now, clsid):
-            return False
+            return None
         if old is not None and self._items.get(key) is old:
             old_clsid = self._account(key, old, -1)
             seg = (old[HEADER_SIZE - 1] & SEG_MASK) >> SEG_SHIFT
@@ -559,7 +560,7 @@ class Store:
             self._juggle(clsid, now)
         if self.mem_used > self.maxbytes:  # the insert grew the hash table: pay for it
             self._make_room(0, now, clsid)
-        return True
+        return record
 
     def _first_segment(self, record: bytes, now: int) -> int:
         """Where a new item enters its class: TEMP for a short TTL, else HOT (COLD when flat)."""
@@ -798,9 +799,10 @@ class Store:
             self._items[key] = new
             return DeltaResult.OK, value, new
         new = pack_header(flags, exptime, now, self._cas_for(new_cas), iflags & KEY_BINARY) + text + b"\r\n"
-        if not self._link(key, record, new, now):
+        stored = self._link(key, record, new, now)
+        if stored is None:
             return DeltaResult.NO_MEMORY, 0, None
-        return DeltaResult.OK, value, new
+        return DeltaResult.OK, value, stored
 
     # -- meta commands ------------------------------------------------------------------------
 
@@ -839,8 +841,8 @@ class Store:
             created = False
             if record is None and vivify:
                 new = pack_header(0, 0, now, self._cas_for(new_cas), KEY_BINARY if binary else 0) + b"\r\n"
-                if self._link(key, None, new, now):
-                    record, created = new, True
+                record = self._link(key, None, new, now)
+                created = record is not None
             if record is None:
                 self._count_fetch(touched, None)
                 return None
@@ -911,8 +913,9 @@ class Store:
                         self.stats.decr_misses += 1
                     return result, 0, 0, None, False
                 value = initial
-                record = pack_header(0, 0, now, self._cas_for(new_cas), KEY_BINARY if binary else 0) + b"%d\r\n" % value
-                if not self._link(key, None, record, now):
+                record = self._link(key, None, pack_header(0, 0, now, self._cas_for(new_cas),
+                                                           KEY_BINARY if binary else 0) + b"%d\r\n" % value, now)
+                if record is None:
                     return DeltaResult.NO_MEMORY, 0, 0, None, False
                 result, created = DeltaResult.OK, True
             if record is None:
