@@ -245,10 +245,11 @@ async def serve(
 
 async def _maintain(state: ServerState) -> None:
     """memcached's LRU maintainer and crawler threads: reclaim expired items in the
-    background, a bounded step at a time, so memory comes back without traffic."""
+    background, a bounded step at a time, and rebalance the LRU segments."""
     while True:
         await trio.sleep(1)
         state.store.reclaim_step()
+        state.store.maintain()
 
 
 async def _accept_all(scope: trio.CancelScope, listeners: list[trio.socket.SocketType],

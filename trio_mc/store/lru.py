@@ -33,6 +33,7 @@ class ClassQueues:
         self.queues: list[list[deque[bytes]]] = [[deque() for _ in range(4)] for _ in range(n)]
         self._stale: list[list[dict[bytes, int]]] = [[{} for _ in range(4)] for _ in range(n)]
         self.counts = [[0] * 4 for _ in range(n)]  # live items per class and segment
+        self.entries = 0  # queue entries in all queues, stale ones included
         self.stale_total = 0
         self.pages = [0] * n
         self.chunks = [0] * n  # chunks in use
@@ -66,6 +67,24 @@ class ClassQueues:
 
     def append(self, key: bytes, clsid: int, seg: int) -> None:
         self.queues[clsid][seg].append(key)
+        self.entries += 1
+
+    def popleft(self, clsid: int, seg: int) -> bytes | None:
+        """Take the oldest entry of a queue (stale or not), or ``None`` if it is empty."""
+        queue = self.queues[clsid][seg]
+        if not queue:
+            return None
+        self.entries -= 1
+        return queue.popleft()
+
+    def push_front(self, key: bytes, clsid: int, seg: int) -> None:
+        """Put an entry back at the head of its queue (it was not taken after all)."""
+        self.queues[clsid][seg].appendleft(key)
+        self.entries += 1
+
+    def head(self, clsid: int, seg: int) -> bytes | None:
+        queue = self.queues[clsid][seg]
+        return queue[0] if queue else None
 
     def orphan(self, key: bytes, clsid: int, seg: int) -> None:
         """The key's entry in this queue no longer stands for a live item."""
@@ -91,6 +110,7 @@ class ClassQueues:
             for seg, queue in enumerate(queues):
                 if queue:
                     queues[seg] = deque(key for key in queue if not self.skip_stale(key, clsid, seg))
+        self.entries = sum(len(q) for queues in self.queues for q in queues)
 
     def live_heads(self, clsid: int, seg: int, limit: int) -> list[bytes]:
         """Up to ``limit`` live keys from the head (oldest end) of a queue, not consumed."""
@@ -108,4 +128,4 @@ class ClassQueues:
         return out
 
     def __len__(self) -> int:
-        return sum(len(q) for queues in self.queues for q in queues)
+        return self.entries

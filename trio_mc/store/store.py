@@ -338,12 +338,13 @@ class Store:
 
     def _pop_live(self, clsid: int, seg: int) -> tuple[bytes, bytes] | None:
         """Take the oldest live entry of a queue (skipping stale ones)."""
-        queue = self.lru.queues[clsid][seg]
-        while queue:
-            key = queue.popleft()
-            if not self.lru.skip_stale(key, clsid, seg):
+        lru = self.lru
+        while True:
+            key = lru.popleft(clsid, seg)
+            if key is None:
+                return None
+            if not lru.skip_stale(key, clsid, seg):
                 return key, self._items[key]
-        return None
 
     def _juggle(self, clsid: int, now: int) -> None:
         """memcached's LRU maintainer for one class: HOT and WARM overflow into COLD;
@@ -371,6 +372,17 @@ class Store:
                 else:
                     cls.moves_to_cold += 1
                     self._move(key, record, clsid, seg, COLD, iflags)
+
+    def maintain(self) -> None:
+        """The background LRU maintainer's pass (about once a second): rebalance the
+        segments of every class.  Kept off the request path: it only moves items."""
+        if not self.lru_segmented:
+            return
+        with self.lock:
+            now = self.clock.now()
+            for clsid, cls in enumerate(self.class_stats):
+                if cls.number:
+                    self._juggle(clsid, now)
 
     def _evict_one(self, clsid: int, now: int) -> bool:
         """Free one item of a class from the tail of COLD: reclaim a dead item, rescue an
@@ -402,7 +414,7 @@ class Store:
                     self._move(key, record, clsid, COLD, COLD, iflags)
                 continue
             elif not self.evict:
-                self.lru.queues[clsid][COLD].appendleft(key)
+                self.lru.push_front(key, clsid, COLD)
                 cls.outofmemory += 1
                 return False
             else:
@@ -445,20 +457,20 @@ class Store:
     def _reclaim_head(self, clsid: int, now: int) -> None:
         """Before an allocation, take back dead items at the class's LRU tails, as
         memcached's allocator does (it looks at a few items there)."""
+        lru = self.lru
         for seg in (COLD, TEMP):
-            queue = self.lru.queues[clsid][seg]
             for _ in range(5):
-                if not queue:
+                key = lru.head(clsid, seg)
+                if key is None:
                     break
-                key = queue[0]
-                if self.lru.skip_stale(key, clsid, seg):
-                    queue.popleft()
+                if lru.skip_stale(key, clsid, seg):
+                    lru.popleft(clsid, seg)
                     continue
                 record = self._items[key]
                 flags, exptime, time, cas, iflags = unpack_header(record)
                 if not self._is_dead(exptime, time, cas, now):
                     break
-                queue.popleft()
+                lru.popleft(clsid, seg)
                 del self._items[key]
                 self._account(key, record, -1)
                 self._reclaim(key, record, iflags, flags)
@@ -556,8 +568,6 @@ class Store:
         self._items[key] = record
         self._account(key, record, 1)
         self.stats.total_items += 1
-        if seg == HOT:
-            self._juggle(clsid, now)
         if self.mem_used > self.maxbytes:  # the insert grew the hash table: pay for it
             self._make_room(0, now, clsid)
         return record
