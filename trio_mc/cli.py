@@ -7,6 +7,7 @@ refuses bad values the way memcached does (a message on stderr, non-zero exit).
 
 from __future__ import annotations
 
+import functools
 import getopt
 import os
 import sys
@@ -113,24 +114,27 @@ def _size(value: str) -> int:
     return _int("-I", value)
 
 
+def _need(name: str, value: str, what: str = "") -> str:
+    """An ``-o`` suboption's value, which it must have."""
+    if not value:
+        raise UsageError(what or f"Missing argument for {name}")
+    return value
+
+
 def _extended(s: Settings, spec: str, chunk_max_set: list[bool]) -> None:
     """``-o a,b=c``: memcached's extended options."""
     for item in spec.split(","):
         if not item:
             continue
         name, _, value = item.partition("=")
-
-        def need(what: str = f"Missing argument for {name}") -> str:
-            if not value:
-                raise UsageError(what)
-            return value
+        need = functools.partial(_need, name, value)
 
         if name == "maxconns_fast":
             s.maxconns_fast = True
         elif name == "no_maxconns_fast":
             s.maxconns_fast = False
         elif name == "hashpower":
-            n = _int(name, need(f"Missing numeric argument for hashpower"))
+            n = _int(name, need("Missing numeric argument for hashpower"))
             if n < 12:
                 raise UsageError(f"Initial hashtable multiplier of {n} is too low")
             if n > 32:
