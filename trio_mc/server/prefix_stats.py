@@ -91,8 +91,9 @@ class PrefixStats:
             buckets: list[list[bytes]] = [[] for _ in range(_HASH_SIZE)]
             for prefix in self._counts:
                 buckets[murmur3_32(prefix) % _HASH_SIZE].insert(0, prefix)
-            lines = [
-                b"PREFIX %b get %d hit %d set %d del %d\r\n" % (prefix, *self._counts[prefix])
-                for bucket in buckets for prefix in bucket
-            ]
+            lines = []
+            for bucket in buckets:
+                for prefix in bucket:
+                    gets, hits, sets, deletes = self._counts[prefix]
+                    lines.append(b"PREFIX %b get %d hit %d set %d del %d\r\n" % (prefix, gets, hits, sets, deletes))
         return b"".join(lines) + b"END\r\n"

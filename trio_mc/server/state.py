@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from trio_mc.server.logger import Logger, uriencode
@@ -35,16 +35,19 @@ def load_auth_file(path: str) -> dict[bytes, bytes]:
     return users
 
 
+@dataclass(slots=True)
 class ThreadStats:
     """Per-worker counters; written only by the owning worker thread."""
 
-    FIELDS = ("bytes_read", "bytes_written", "cmd_flush", "cmd_meta", "conn_yields", "idle_kicks",
-              "auth_cmds", "auth_errors", "response_obj_oom")
-    __slots__ = FIELDS
-
-    def __init__(self) -> None:
-        for name in self.FIELDS:
-            setattr(self, name, 0)
+    bytes_read: int = 0
+    bytes_written: int = 0
+    cmd_flush: int = 0
+    cmd_meta: int = 0
+    conn_yields: int = 0
+    idle_kicks: int = 0
+    auth_cmds: int = 0
+    auth_errors: int = 0
+    response_obj_oom: int = 0
 
 
 @dataclass(slots=True)
@@ -113,6 +116,6 @@ class ServerState:
     def thread_totals(self) -> ThreadStats:
         total = ThreadStats()
         for stats in list(self.thread_stats):
-            for name in ThreadStats.FIELDS:
-                setattr(total, name, getattr(total, name) + getattr(stats, name))
+            for f in fields(ThreadStats):
+                setattr(total, f.name, getattr(total, f.name) + getattr(stats, f.name))
         return total

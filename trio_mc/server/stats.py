@@ -8,6 +8,7 @@ concept; where it has none (libevent, NAPI, extstore) memcached's idle value is 
 from __future__ import annotations
 
 import resource
+from dataclasses import fields
 from typing import TYPE_CHECKING
 
 import trio
@@ -17,6 +18,7 @@ from trio_mc.numbers import safe_strtoul
 from trio_mc.protocol import replies
 from trio_mc.settings import settings_stats
 from trio_mc.store.items import COLD, HOT, TEMP, WARM
+from trio_mc.store.store import ClassStats, StoreStats
 
 if TYPE_CHECKING:
     from trio_mc.server.state import ServerState
@@ -262,18 +264,13 @@ def reset(state: ServerState) -> None:
     """``stats reset``: zero the counters that memcached zeroes."""
     store = state.store
     with store.lock:
-        keep_total = store.stats.total_items
-        for name in store.stats.FIELDS:
-            setattr(store.stats, name, 0)
-        store.stats.total_items = keep_total
+        store.stats = StoreStats(total_items=store.stats.total_items)
         for cls in store.class_stats:
-            for name in ("get_hits", "cmd_set", "delete_hits", "incr_hits", "decr_hits",
-                         "cas_hits", "cas_badval", "touch_hits", "evicted", "evicted_nonzero",
-                         "outofmemory", "reclaimed", "expired_unfetched", "evicted_unfetched"):
+            for name in ClassStats.RESETTABLE:
                 setattr(cls, name, 0)
     for stats in state.thread_stats:
-        for name in stats.FIELDS:
-            setattr(stats, name, 0)
+        for f in fields(stats):
+            setattr(stats, f.name, 0)
     with state.lock:
         state.total_conns = 0
         state.rejected_conns = 0
