@@ -177,3 +177,17 @@ def test_slab_pages_bound_each_class_and_reassign_moves_one(clock: ManualClock) 
     assert store.reassign(31, 25) == "OK"
     assert (store.lru.pages[31], store.lru.pages[25], store.lru.slabs_moved) == (3, 2, 1)
     assert store.reassign(25, 25) == "SAME" and store.reassign(99, 1) == "BADCLASS"
+
+
+def test_automove_returns_unneeded_pages_and_frees_them_over_the_limit(clock: ManualClock) -> None:
+    store = Store(clock=clock, maxbytes=16 * 1024 * 1024)
+    big = b"x" * 66560 + b"\r\n"  # 12 per page
+    for i in range(150):
+        store.store(SET, b"k%d" % i, 0, 0, big)
+    malloced = store.lru.malloced
+    store.set_maxbytes(8 * 1024 * 1024)
+    for i in range(150):
+        store.delete(b"k%d" % i)
+    store.maintain()
+    assert store.lru.malloced < malloced and store.lru.malloced <= 8 * 1024 * 1024
+    assert store.lru.slabs_moved > 0
