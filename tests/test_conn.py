@@ -138,6 +138,7 @@ async def test_debugtime_with_relaxed_privileges(connect: ClientFactory, server_
     await c.ask(b"set k 0 10 1\r\nv\r\n")
     assert await c.ask(b"debugtime 11\r\n") == b"OK\r\n"
     assert await c.ask(b"get k\r\n", b"END\r\n") == b"END\r\n"
+    assert await c.ask(b"debugtime 4294967296\r\n") == b"ERROR\r\n"  # beyond 32-bit time
 
 
 async def test_watch_streams_fetches_and_mutations(connect: ClientFactory) -> None:

@@ -264,6 +264,7 @@ def _slabs(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
         if level > 2:
             return replies.ERROR
         s.slab_automove = level
+        conn.store.automove = s.slab_reassign and level > 0
         return replies.OK
     return replies.ERROR
 
@@ -360,8 +361,8 @@ def _debugtime(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
     if args[0] in (b"p", b"r"):
         return replies.OK
     delta = safe_strtoll(args[0])
-    if delta is None:
-        return replies.ERROR
+    if delta is None or not 0 < conn.store.clock.now() + delta < 1 << 31:
+        return replies.ERROR  # server time is a 32-bit count of seconds
     conn.store.clock.shift(delta)
     return replies.OK
 

@@ -54,6 +54,7 @@ def make_store(settings: Settings, clock: Clock | None = None) -> Store:
         hot_lru_pct=settings.hot_lru_pct,
         warm_lru_pct=settings.warm_lru_pct,
         temporary_ttl=settings.temporary_ttl if settings.temp_lru else None,
+        automove=settings.slab_reassign and settings.slab_automove > 0,
     )
 
 

@@ -61,6 +61,25 @@ class ClassQueues:
             self.pages[clsid] += 1
         return True
 
+    def release_empty_pages(self) -> int:
+        """memcached's slab automover, simplified: pages a class no longer needs (beyond
+        one spare) go back to the global pool, and pool pages over ``-m`` are freed.
+        Returns how many pages moved."""
+        moved = 0
+        for clsid in range(1, len(self.pages)):
+            per_page = self.slabs.per_page[clsid - 1]
+            needed = -(-self.chunks[clsid] // per_page)
+            spare = self.pages[clsid] - needed - 1
+            if spare > 0:
+                self.pages[clsid] -= spare
+                self.global_pool += spare
+                moved += spare
+        while self.global_pool and self.malloced > self.maxbytes:
+            self.global_pool -= 1
+            self.malloced -= SLAB_PAGE_SIZE
+        self.slabs_moved += moved
+        return moved
+
     def over(self, clsid: int) -> bool:
         """More chunks in use than the class's pages hold (after a page was moved away)."""
         return self.chunks[clsid] > self.pages[clsid] * self.slabs.per_page[clsid - 1]

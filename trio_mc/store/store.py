@@ -187,6 +187,7 @@ class Store:
       item_size_max: ``-I``; an append or prepend may not grow an item past it.
       hot_lru_pct, warm_lru_pct: shares of a class's items kept in HOT and WARM.
       temporary_ttl: items with less TTL than this go to TEMP, never evicted (``None``: off).
+      automove: let the maintainer give back slab pages a class no longer needs.
     """
 
     def __init__(
@@ -202,6 +203,7 @@ class Store:
         hot_lru_pct: int = 20,
         warm_lru_pct: int = 40,
         temporary_ttl: int | None = None,
+        automove: bool = True,
     ) -> None:
         self.clock = clock or Clock()
         self.maxbytes = maxbytes
@@ -213,6 +215,7 @@ class Store:
         self.hot_lru_pct = hot_lru_pct
         self.warm_lru_pct = warm_lru_pct
         self.temporary_ttl = temporary_ttl
+        self.automove = automove
         # item_total_size() minus the key and record lengths, for the per-hit class lookup.
         self._ntotal_base = item_total_size(0, 0, 0, use_cas) - HEADER_SIZE
         self.lock = threading.Lock()
@@ -402,11 +405,14 @@ class Store:
                     self._move(key, record, clsid, seg, COLD, iflags)
 
     def maintain(self) -> None:
-        """The background LRU maintainer's pass (about once a second): rebalance the
-        segments of every class.  Kept off the request path: it only moves items."""
-        if not self.lru_segmented:
-            return
+        """The background maintainer's pass (about once a second): rebalance the LRU
+        segments of every class and, with automove, return unneeded slab pages.  Kept off
+        the request path."""
         with self.lock:
+            if self.automove:
+                self.lru.release_empty_pages()
+            if not self.lru_segmented:
+                return
             now = self.clock.now()
             for clsid, cls in enumerate(self.class_stats):
                 if cls.number:
