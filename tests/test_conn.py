@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
 import trio
 import trio.testing
 
@@ -179,3 +182,37 @@ async def test_read_buf_mem_limit_refuses_oversized_batches(server_state: Server
     with trio.fail_after(5):
         assert await c.stream.receive_some() == b""
     assert sum(t.response_obj_oom for t in server_state.thread_stats) == 2
+
+
+async def test_random_commands_never_break_the_server(
+    connect: ClientFactory, server_state: ServerState, capsys: pytest.CaptureFixture[str],
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A seeded stream of command names with arbitrary tokens: every one gets memcached's
+    reply or a close, never an internal error, and the server keeps serving."""
+    rnd = random.Random(1)
+    names = [b"get", b"gets", b"gat", b"set", b"add", b"append", b"cas", b"incr", b"decr", b"touch",
+             b"delete", b"flush_all", b"stats", b"verbosity", b"cache_memlimit", b"mg", b"ms", b"md",
+             b"ma", b"me", b"slabs", b"lru", b"lru_crawler", b"watch", b"debugtime", b"bget"]
+    tokens = [b"k", b"0", b"1", b"-1", b"4294967296", b"99999999999999999999", b"noreply", b"b", b"v",
+              b"q", b"T5", b"N5", b"R5", b"C1", b"E2", b"MA", b"D3", b"Oabc", b"t", b"c", b"x", b"I",
+              b"all", b"reassign", b"automove", b"mode", b"tune", b"metadump", b"detail", b"cachedump",
+              b"\xff", b"Zm9v", b"!!"]
+    server_state.settings.debug_commands = True
+    c = await connect()
+    answered = 0
+    for _ in range(600):
+        line = b" ".join([rnd.choice(names)] + [rnd.choice(tokens) for _ in range(rnd.randrange(6))])
+        extra = bytes(rnd.randrange(256) for _ in range(rnd.randrange(8)))
+        reply = b""
+        with trio.move_on_after(4):  # virtual time: a data block still open, a watch stream
+            await c.send(line + b"\r\n" + extra + b"\r\nversion\r\n")
+            reply = await c.read_until(b"VERSION 1.6.18\r\n")
+        if reply.endswith(b"VERSION 1.6.18\r\n"):
+            answered += 1
+        else:  # closed or still waiting: start over
+            await c.stream.aclose()
+            c = await connect()
+    assert answered > 400
+    assert await c.ask(b"version\r\n") == b"VERSION 1.6.18\r\n"
+    assert "internal error" not in capsys.readouterr().err
