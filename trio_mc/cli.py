@@ -223,14 +223,11 @@ def _extended(s: Settings, spec: str, chunk_max_set: list[bool]) -> None:
             s.hash_algorithm = "jenkins"
             s.lru_crawler = False
             s.lru_maintainer_thread = False
-        elif name == "drop_privileges":
-            s.drop_privileges = True
-        elif name == "no_drop_privileges":
-            s.drop_privileges = False
         elif name == "relaxed_privileges":
             s.debug_commands = True  # memcached's tests pass this debug-build option
         elif name in ("modern", "no_hashexpand", "inline_ascii_resp", "no_inline_ascii_resp",
-                      "resp_obj_mem_limit", "slab_sizes", "sock_cookie_id"):
+                      "resp_obj_mem_limit", "slab_sizes", "sock_cookie_id", "drop_privileges",
+                      "no_drop_privileges"):
             pass  # accepted for compatibility; nothing to change in trio-mc
         else:
             raise UsageError(f'Illegal suboption "{item}"')

@@ -71,7 +71,6 @@ class Settings:
     logger_buf_size: int = 64 * 1024
     read_buf_mem_limit: int = 0
     track_sizes: bool = False
-    drop_privileges: bool = True
     #: memcached's debug-build commands (``debugtime``), on with ``-o relaxed_privileges``.
     debug_commands: bool = False
     auth_file: str | None = None  # -Y: ASCII authentication

@@ -52,9 +52,9 @@ def do_get(c: cmd.Get, conn: Conn, out: list[Any]) -> None:
         if hit is not None:
             flags, cas, data = hit
             if c.with_cas:
-                out.append(b"VALUE %b %d %d %d\r\n" % (c.keys[0], flags, len(data) - 2, cas))
+                out.append(replies.value_header_cas(c.keys[0], flags, len(data) - 2, cas))
             else:
-                out.append(b"VALUE %b %d %d\r\n" % (c.keys[0], flags, len(data) - 2))
+                out.append(replies.value_header(c.keys[0], flags, len(data) - 2))
             out.append(data)
         out.append(replies.END)
         return
@@ -63,11 +63,11 @@ def do_get(c: cmd.Get, conn: Conn, out: list[Any]) -> None:
         _record_gets(c.keys, hits, conn)
     if c.with_cas:
         for key, flags, cas, data in hits:
-            out.append(b"VALUE %b %d %d %d\r\n" % (key, flags, len(data) - 2, cas))
+            out.append(replies.value_header_cas(key, flags, len(data) - 2, cas))
             out.append(data)
     else:
         for key, flags, _, data in hits:
-            out.append(b"VALUE %b %d %d\r\n" % (key, flags, len(data) - 2))
+            out.append(replies.value_header(key, flags, len(data) - 2))
             out.append(data)
     out.append(replies.END)
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import trio
 
+from trio_mc.protocol import replies
 from trio_mc.server.conn import ConnGroup
 from trio_mc.server.state import Listener, ServerState
 from trio_mc.server.worker import Worker, describe, serve_socket
@@ -142,7 +143,7 @@ async def accept_loop(listener: trio.socket.SocketType, state: ServerState,
                 state.rejected_conns += 1
             try:
                 sock.setblocking(False)
-                sock.send(b"ERROR Too many open connections\r\n")
+                sock.send(replies.TOO_MANY_CONNECTIONS)
             except OSError:
                 pass
             sock.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hmac
 import os
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
@@ -64,7 +63,6 @@ class ServerState:
 
     settings: Settings
     store: Store
-    started_wall: float = field(default_factory=time.time)
     thread_stats: list[ThreadStats] = field(default_factory=list)
     prefix_stats: PrefixStats = field(default_factory=PrefixStats)
     logger: Logger = field(default_factory=Logger)

@@ -31,16 +31,6 @@ SEG_MASK = 0x60
 COLD, HOT, WARM, TEMP = 0, 1, 2, 3  # COLD is 0: flat mode never rewrites the bits
 
 
-def make(flags: int, exptime: int, time: int, cas: int, iflags: int, data: bytes) -> bytes:
-    """A new record; ``data`` is the value including its trailing ``\\r\\n``."""
-    return pack_header(flags, exptime, time, cas, iflags) + data
-
-
-def rewrite(record: bytes, flags: int, exptime: int, time: int, cas: int, iflags: int) -> bytes:
-    """The same value under a new header (records are immutable)."""
-    return pack_header(flags, exptime, time, cas, iflags) + record[HEADER_SIZE:]
-
-
 def value_length(record: bytes) -> int:
     """The value's length without its ``\\r\\n``."""
     return len(record) - HEADER_SIZE - 2
