@@ -29,7 +29,7 @@ import itertools
 import sys
 import threading
 from dataclasses import dataclass, field
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from trio_mc.numbers import safe_strtoull
 from trio_mc.sizes import item_total_size
@@ -1067,8 +1067,3 @@ class Store:
                 if limit and len(out) >= limit:
                     break
         return out
-
-    def keys(self) -> Iterator[bytes]:
-        """A snapshot of the keys (for tests and tooling)."""
-        with self.lock:
-            return iter(list(self._items))
