@@ -79,11 +79,15 @@ class ServerState:
     request_shutdown: Callable[[bool], None] = lambda graceful: None
     pid: int = field(default_factory=os.getpid)
     users: dict[bytes, bytes] = field(default_factory=dict)  # -Y: user -> password
+    #: ``stats sizes`` tracking: items with a CAS from here on are counted (None: off).
+    sizes_cas_min: int | None = None
 
     def __post_init__(self) -> None:
         self.prefix_stats.delimiter = self.settings.prefix_delimiter.encode()
         self.users = load_auth_file(self.settings.auth_file) if self.settings.auth_file else {}
         self.store.on_evict = self._log_eviction
+        if self.settings.track_sizes:
+            self.sizes_cas_min = 0
 
     def _log_eviction(self, key: bytes, fetched: bool, ttl: int, idle: int, clsid: int, size: int) -> None:
         if b"evictions" in self.logger.kinds:

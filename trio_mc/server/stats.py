@@ -291,7 +291,21 @@ def render(state: ServerState, args: list[bytes]) -> bytes:
     if sub == b"conns":
         return replies.stat_lines(conns(state))
     if sub == b"sizes":
-        return b"STAT sizes_status disabled\r\n" + replies.END
+        if state.sizes_cas_min is None:
+            return b"STAT sizes_status disabled\r\n" + replies.END
+        hist = state.store.sizes(state.sizes_cas_min)
+        return replies.stat_lines((str(size), hist[size]) for size in sorted(hist))
+    if sub == b"sizes_enable":
+        if not state.settings.use_cas:
+            return b"STAT sizes_status error\r\nSTAT sizes_error cas_support_disabled\r\n"
+        if state.sizes_cas_min is None:
+            state.sizes_cas_min = state.store.next_cas_hint()
+        state.settings.track_sizes = True
+        return b"STAT sizes_status enabled\r\n"  # (memcached sends no END here)
+    if sub == b"sizes_disable":
+        state.sizes_cas_min = None
+        state.settings.track_sizes = False
+        return b"STAT sizes_status disabled\r\n"
     if sub == b"reset":
         reset(state)
         return replies.RESET

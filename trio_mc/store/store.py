@@ -769,6 +769,10 @@ class Store:
                 return self._out_of_memory(mode, key), 0, 0
             return StoreResult.STORED, cas_value, len(data) - 2
 
+    def next_cas_hint(self) -> int:
+        """The CAS the next stored item will get."""
+        return self._cas + 1
+
     def _cas_for(self, new_cas: int | None) -> int:
         """The CAS of a modified item: the client's (meta E) or the next one."""
         if new_cas is not None and self.use_cas:
@@ -1053,6 +1057,21 @@ class Store:
             heads = self.lru.live_heads(clsid, seg, 1)
             record = self._items.get(heads[0]) if heads else None
             return self.clock.now() - unpack_header(record)[2] if record else 0
+
+    def sizes(self, cas_min: int) -> dict[int, int]:
+        """``stats sizes``: items by total size rounded up to 32 bytes, counting only items
+        stored since tracking began (CAS at least ``cas_min``), as memcached does."""
+        hist: dict[int, int] = {}
+        with self.lock:
+            for key, record in self._items.items():
+                flags, _, _, cas, _ = unpack_header(record)
+                if cas < cas_min:
+                    continue
+                ntotal = item_total_size(len(key), flags, len(record) - HEADER_SIZE, self.use_cas)
+                bucket = -(-ntotal // 32) * 32
+                if bucket <= self.item_size_max:
+                    hist[bucket] = hist.get(bucket, 0) + 1
+        return hist
 
     def dump(self, clsid: int, limit: int) -> list[tuple[bytes, int, int]]:
         """``stats cachedump``: ``(key, value length, expiry as Unix time or 0)``."""
