@@ -592,10 +592,10 @@ class Store:
             seg = (old[HEADER_SIZE - 1] & SEG_MASK) >> SEG_SHIFT
             if old_clsid != clsid:  # the new size moves it to another class's queue
                 lru.orphan(key, old_clsid, seg)
-                seg = self._first_segment(record, now)
+                seg = self._first_segment(unpack_header(record)[1], now)
                 lru.append(key, clsid, seg)
         else:  # new, or the old version was evicted to make room
-            seg = self._first_segment(record, now)
+            seg = self._first_segment(unpack_header(record)[1], now)
             lru.append(key, clsid, seg)
         if (record[HEADER_SIZE - 1] & SEG_MASK) >> SEG_SHIFT != seg:
             record = record[:HEADER_SIZE - 1] + bytes(((record[HEADER_SIZE - 1] & ~SEG_MASK) | (seg << SEG_SHIFT),)) + record[HEADER_SIZE:]
@@ -606,11 +606,10 @@ class Store:
             self._make_room(0, now, clsid)
         return record
 
-    def _first_segment(self, record: bytes, now: int) -> int:
+    def _first_segment(self, exptime: int, now: int) -> int:
         """Where a new item enters its class: TEMP for a short TTL, else HOT (COLD when flat)."""
         if not self.lru_segmented:
             return COLD
-        exptime = unpack_header(record)[1]
         if self.temporary_ttl is not None and exptime and exptime - now < self.temporary_ttl:
             return TEMP
         return HOT
@@ -729,7 +728,10 @@ class Store:
                 elif mode != SET and mode != ADD:
                     return StoreResult.NOT_STORED, 0, 0
                 cas_value = self._cas_for(new_cas)
-                record = pack_header(flags, self.realtime(exptime), now, cas_value, iflags) + data
+                new_exptime = self.realtime(exptime)
+                # Built in the segment _link will put it in, so it is not copied again.
+                iflags |= self._first_segment(new_exptime, now) << SEG_SHIFT
+                record = pack_header(flags, new_exptime, now, cas_value, iflags) + data
                 if not self._link(key, None, record, now):
                     return self._out_of_memory(mode, key), 0, 0
                 return StoreResult.STORED, cas_value, len(data) - 2
@@ -764,6 +766,7 @@ class Store:
                     return StoreResult.NOT_STORED, 0, 0
                 flags, new_exptime, data, iflags = old_flags, old_exptime, value, 0
             cas_value = self._cas_for(new_cas)
+            iflags |= old_iflags & SEG_MASK  # a new version stays where the old one was
             record = pack_header(flags, new_exptime, now, cas_value, iflags) + data
             if not self._link(key, old, record, now):
                 return self._out_of_memory(mode, key), 0, 0
