@@ -29,12 +29,10 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
-OUT_DIR = BENCH_DIR / "out"
+from servers import OUT_DIR, REPO_DIR, BenchError, Server, free_port, log
+
 SERVERS = ["memcached", "trio-mc"]
 MiB = 1024 * 1024
 
@@ -43,20 +41,6 @@ BATCH = 1000  # sets per sendall
 SYNC_EVERY = 50  # batches between two `version` round trips (flow control)
 SOCKET_TIMEOUT = 120.0
 BOUND_TARGET = 1.10  # trio-mc: RSS growth <= -m + 10 %
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -83,70 +67,6 @@ def child_pids(pid: int) -> list[int]:
     except OSError:
         pass
     return out
-
-
-# --------------------------------------------------------------------------
-# one server process
-
-
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    port: int
-    proc: subprocess.Popen | None = None
-    _log: object = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, ready_timeout: float) -> None:
-        OUT_DIR.mkdir(exist_ok=True)
-        logfile = OUT_DIR / f"memory-{self.name}.log"
-        self._log = open(logfile, "ab")
-        self._log.write(f"\n=== {time.strftime('%F %T')} {shlex.join(self.cmd)}\n".encode())
-        self._log.flush()
-        # The command is exec'd directly (no wrapper), so proc.pid is the server itself.
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO_DIR, stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + ready_timeout
-        for _ in range(10000):
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited with {self.proc.returncode} before "
-                                 f"answering; see {logfile}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-                    s.settimeout(2.0)
-                    s.sendall(b"version\r\n")
-                    if s.recv(256).startswith(b"VERSION"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        raise BenchError(f"{self.name} did not answer 'version' on port {self.port} "
-                         f"within {ready_timeout:.0f}s; see {logfile}")
-
-    def stop(self) -> None:
-        p = self.proc
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=10.0)
-            except subprocess.TimeoutExpired:
-                log(f"warning: {self.name} (pid {p.pid}) ignored SIGTERM for 10 s; SIGKILL")
-                p.kill()
-                try:
-                    p.wait(timeout=10.0)
-                except subprocess.TimeoutExpired:
-                    log(f"warning: {self.name} (pid {p.pid}) did not exit after SIGKILL")
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self.proc = None
 
 
 # --------------------------------------------------------------------------
@@ -257,7 +177,9 @@ def display_cmd(cmd: list[str]) -> str:
 
 def run_one(name: str, mem_mb: int, items: int, args) -> dict:
     port = free_port()
-    srv = Server(name, server_cmd(name, port, mem_mb, args), port)
+    # Not pinned, no wrapper: srv.pid is the server itself, whose RSS is read.
+    srv = Server(name, server_cmd(name, port, mem_mb, args), port,
+                 logfile=OUT_DIR / f"memory-{name}.log")
     res: dict = {"server": name, "cmd": display_cmd(srv.cmd), "mem_mb": mem_mb, "items": items}
     try:
         srv.start(args.ready_timeout)

@@ -19,17 +19,15 @@ import selectors
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
-OUT_DIR = BENCH_DIR / "out"
+from servers import BENCH_DIR, BenchError, Server, free_port, log
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SERVER_CPU = "0"
@@ -65,16 +63,8 @@ WORKLOAD_BY_NAME = {w.name: w for w in WORKLOADS}
 SERVERS = ["null", "memcached", "trio-mc"]
 
 
-class BenchError(Exception):
-    pass
-
-
 # --------------------------------------------------------------------------
 # helpers
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def compile_programs(force: bool = False) -> dict[str, Path]:
@@ -90,12 +80,6 @@ def compile_programs(force: bool = False) -> dict[str, Path]:
             subprocess.run(cmd, check=True, timeout=120)
         out[name] = binary
     return out
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_tree_ticks(root_pid: int) -> int:
@@ -151,93 +135,7 @@ def pinned(cpu: str, cmd: list[str], args) -> list[str]:
 
 
 # --------------------------------------------------------------------------
-# servers
-
-
-@dataclass
-class Server:
-    name: str
-    cmd: list[str]
-    port: int
-    proc: subprocess.Popen | None = None
-    logfile: Path | None = None
-    _log: object = field(default=None, repr=False)
-
-    def start(self, ready_timeout: float) -> None:
-        OUT_DIR.mkdir(exist_ok=True)
-        self.logfile = OUT_DIR / f"{self.name}.log"
-        self._log = open(self.logfile, "ab")
-        self._log.write(f"\n=== {time.strftime('%F %T')} {shlex.join(self.cmd)}\n".encode())
-        self._log.flush()
-        self.proc = subprocess.Popen(
-            self.cmd, cwd=REPO_DIR, stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + ready_timeout
-        attempt = 0
-        while attempt < 10000:
-            attempt += 1
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited with {self.proc.returncode} before "
-                                 f"accepting connections; see {self.logfile}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-                    s.sendall(b"version\r\n")
-                    s.settimeout(2.0)
-                    reply = s.recv(256)
-                    if reply:
-                        if not reply.startswith(b"VERSION"):
-                            log(f"warning: {self.name} answered 'version' with {reply[:60]!r}")
-                        return
-            except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
-                pass
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} did not accept connections on port {self.port} "
-                                 f"within {ready_timeout:.0f}s; see {self.logfile}")
-            time.sleep(0.05)
-        raise BenchError(f"{self.name}: too many connection attempts")
-
-    def stop(self) -> None:
-        p = self.proc
-        if p is not None and p.returncode is None:
-            # Signal the server's process group (it runs in its own session).  The
-            # leader is checked with WNOWAIT so it stays a zombie, and its pid/pgid
-            # cannot be reused, until we have also swept the rest of its group.
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(p.pid, sig)
-                except ProcessLookupError:
-                    break
-                if _wait_exit_nowait(p.pid, 5.0):
-                    break
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # stragglers (worker processes)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(timeout=5.0)
-            except subprocess.TimeoutExpired:
-                log(f"warning: {self.name} (pid {p.pid}) did not exit")
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self.proc = None
-
-
-def _wait_exit_nowait(pid: int, timeout: float) -> bool:
-    """Wait until pid has exited without reaping it; bounded by timeout."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.02) + 2):
-        try:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
-                return True
-        except ChildProcessError:
-            return True
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
-    return False
+# servers (the process handling is in servers.py)
 
 
 def server_cmd(name: str, port: int, wl: Workload, args, bins) -> list[str]:
