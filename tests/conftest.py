@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import trio
 import trio.testing
 
+from procs import ServerProcess, start_trio_mc
 from trio_mc.server.conn import Conn, ConnGroup, StreamTransport
 from trio_mc.server.serve import make_store
 from trio_mc.server.state import ServerState
@@ -39,6 +40,18 @@ class Client:
     async def ask(self, request: bytes, terminator: bytes = b"\r\n") -> bytes:
         await self.send(request)
         return await self.read_until(terminator)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    """A real ``trio-mc serve -t 4`` process for the module; it must exit cleanly at the end."""
+    proc = start_trio_mc("-t", "4")
+    try:
+        yield proc
+    finally:
+        code, output = proc.stop(), proc.output()
+        proc.close()
+        assert code == 0, output
 
 
 @pytest.fixture

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from contextlib import closing
 
-import pytest
 from pymemcache.client.base import Client
 
-from procs import ServerProcess, start_trio_mc
+from procs import ServerProcess
 
 THREADS = 12
 ROUNDS = 300
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    proc = start_trio_mc("-t", "4")
-    try:
-        yield proc
-    finally:
-        proc.close()
 
 
 def _run_clients(server: ServerProcess, body: "callable[[Client], None]") -> None:  # type: ignore[valid-type]

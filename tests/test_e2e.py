@@ -11,16 +11,6 @@ from pymemcache.client.base import Client
 from procs import ServerProcess, start_trio_mc
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    proc = start_trio_mc("-t", "4")
-    try:
-        yield proc
-    finally:
-        assert proc.stop() == 0, proc.output()
-        proc.close()
-
-
 @pytest.fixture
 def mc(server: ServerProcess) -> Iterator[Client]:
     client = Client(("127.0.0.1", server.port), default_noreply=False, timeout=5, connect_timeout=5)
