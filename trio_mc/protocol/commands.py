@@ -134,6 +134,20 @@ class Auth:
 
 
 @dataclass(slots=True)
+class Binary:
+    """A binary-protocol request frame (``too_large``: its value was not kept)."""
+
+    opcode: int
+    key: bytes
+    extras: bytes
+    value: bytes
+    cas: int
+    opaque: int
+    bodylen: int
+    too_large: bool
+
+
+@dataclass(slots=True)
 class Admin:
     """The maintenance commands (``slabs``, ``lru``, ``lru_crawler``, ``debugtime``), whose
     arguments are checked where they are executed, as memcached does."""
@@ -217,5 +231,5 @@ class MetaDebug:
 Command = (
     Get | Store | TooLarge | Delete | Arith | Touch | FlushAll | Verbosity | MemLimit
     | Shutdown | Stats | Version | Quit | Close | Reply | Meta | MetaSwallow | MetaDebug | Watch
-    | Admin | Auth
+    | Admin | Auth | Binary
 )

@@ -9,10 +9,12 @@ reply a command would send, errors included, as in memcached.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from trio_mc import MEMCACHED_VERSION
+from trio_mc.protocol import binary as bp
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
 from trio_mc.numbers import safe_strtol, safe_strtoll, safe_strtoul
@@ -547,3 +549,157 @@ HANDLERS.update({
     cmd.Meta: do_meta, cmd.MetaSwallow: do_meta_swallow, cmd.MetaDebug: do_meta_debug,
     cmd.Watch: do_watch, cmd.Admin: do_admin, cmd.Auth: do_auth,
 })
+
+
+# -- binary protocol -----------------------------------------------------------------------------
+
+_U32 = struct.Struct(">I")
+_BIN_STORE_MODES = {bp.SET: SET, bp.ADD: ADD, bp.REPLACE: REPLACE, bp.APPEND: APPEND, bp.PREPEND: PREPEND}
+
+
+def do_binary(c: cmd.Binary, conn: Conn, out: list[Any]) -> None:
+    """One binary-protocol request: the same store calls as the text commands."""
+    base = bp.QUIET.get(c.opcode, c.opcode)
+    handler = _BINARY.get(base)
+    if handler is None:
+        out += bp.error(c.opcode, c.opaque, bp.UNKNOWN_COMMAND)
+    elif len(c.key) > 250 or not handler(c, base, c.opcode in bp.QUIET, conn, out):
+        out += bp.error(c.opcode, c.opaque, bp.EINVAL)  # malformed frame: memcached hangs up
+        conn.closing = True
+        conn.close_reason = b"error"
+
+
+def _bin_get(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]) -> bool:
+    touching = base in (bp.GAT, bp.GATK)
+    if len(c.extras) != (4 if touching else 0) or not c.key or c.bodylen != len(c.key) + len(c.extras):
+        return False
+    exptime = _U32.unpack(c.extras)[0] if touching else None
+    hits = conn.store.get([c.key], exptime)
+    with_key = base in (bp.GETK, bp.GATK)
+    if hits:
+        _, flags, cas, data = hits[0]
+        out += bp.response(c.opcode, c.opaque, cas=cas, extras=_U32.pack(flags),
+                           key=c.key if with_key else b"", value=data[:-2])
+    elif not quiet:
+        if with_key:
+            out += bp.response(c.opcode, c.opaque, bp.KEY_ENOENT, key=c.key)
+        else:
+            out += bp.error(c.opcode, c.opaque, bp.KEY_ENOENT)
+    return True
+
+
+def _bin_touch(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]) -> bool:
+    if len(c.extras) != 4 or not c.key:
+        return False
+    if conn.store.touch(c.key, _U32.unpack(c.extras)[0]):
+        out += bp.response(c.opcode, c.opaque)
+    else:
+        out += bp.error(c.opcode, c.opaque, bp.KEY_ENOENT)
+    return True
+
+
+def _bin_store(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]) -> bool:
+    appending = base in (bp.APPEND, bp.PREPEND)
+    if len(c.extras) != (0 if appending else 8) or not c.key:
+        return False
+    flags, exptime = (0, 0) if appending else struct.unpack(">II", c.extras)
+    mode = _BIN_STORE_MODES[base]
+    if c.too_large or (not appending and item_total_size(
+            len(c.key), flags, len(c.value) + 2, conn.settings.use_cas) > conn.settings.item_size_max):
+        conn.store.too_large(SET, c.key)
+        out += bp.error(c.opcode, c.opaque, bp.E2BIG)
+        return True
+    if c.cas and not appending:
+        mode = CAS
+    result, cas, _ = conn.store.store(mode, c.key, flags, exptime, c.value + b"\r\n", c.cas)
+    if result is StoreResult.STORED:
+        if not quiet:
+            out += bp.response(c.opcode, c.opaque, cas=cas)
+        return True
+    if result is StoreResult.NOT_STORED:
+        status = {ADD: bp.KEY_EEXISTS, REPLACE: bp.KEY_ENOENT}.get(mode, bp.NOT_STORED)
+    else:
+        status = {StoreResult.EXISTS: bp.KEY_EEXISTS, StoreResult.NOT_FOUND: bp.KEY_ENOENT,
+                  StoreResult.NO_MEMORY: bp.ENOMEM}[result]
+    out += bp.error(c.opcode, c.opaque, status)
+    return True
+
+
+def _bin_delete(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]) -> bool:
+    if c.extras or not c.key or c.bodylen != len(c.key):
+        return False
+    code = conn.store.meta_delete(c.key, compare_cas=c.cas or None, stale=False, ttl=None,
+                                  drop_value=False, new_cas=None)
+    if code == "HD":
+        if not quiet:
+            out += bp.response(c.opcode, c.opaque)
+    else:
+        out += bp.error(c.opcode, c.opaque, bp.KEY_ENOENT if code == "NF" else bp.KEY_EEXISTS)
+    return True
+
+
+def _bin_arith(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]) -> bool:
+    if len(c.extras) != 20 or not c.key or c.bodylen != len(c.key) + 20:
+        return False
+    delta, initial, exptime = struct.unpack(">QQI", c.extras)
+    create = exptime != 0xFFFFFFFF  # all ones: do not create a missing counter
+    result, value, cas, _, _ = conn.store.meta_arith(
+        c.key, base == bp.INCREMENT, delta, [(ord("N"), exptime)] if create else [],
+        compare_cas=c.cas or None, vivify=create, initial=initial, binary=False, new_cas=None,
+    )
+    if result is DeltaResult.OK:
+        if not quiet:
+            out += bp.response(c.opcode, c.opaque, cas=cas, value=struct.pack(">Q", value))
+        return True
+    status = {DeltaResult.NOT_FOUND: bp.KEY_ENOENT, DeltaResult.NON_NUMERIC: bp.DELTA_BADVAL,
+              DeltaResult.CAS_MISMATCH: bp.KEY_EEXISTS, DeltaResult.NO_MEMORY: bp.ENOMEM}[result]
+    out += bp.error(c.opcode, c.opaque, status)
+    return True
+
+
+def _bin_flush(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]) -> bool:
+    if c.key or len(c.extras) not in (0, 4) or c.bodylen != len(c.extras):
+        return False
+    conn.tstats.cmd_flush += 1
+    if not conn.settings.flush_enabled:
+        out += bp.error(c.opcode, c.opaque, bp.EINVAL)
+        return True
+    conn.store.flush_all(_U32.unpack(c.extras)[0] if c.extras else 0)
+    if not quiet:
+        out += bp.response(c.opcode, c.opaque)
+    return True
+
+
+def _bin_simple(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]) -> bool:
+    """noop, version, quit: no arguments at all."""
+    if c.bodylen:
+        return False
+    if base == bp.QUIT:
+        conn.closing = True
+        if quiet:
+            return True
+    out += bp.response(c.opcode, c.opaque, value=MEMCACHED_VERSION.encode() if base == bp.VERSION else b"")
+    return True
+
+
+def _bin_stat(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]) -> bool:
+    if c.extras:
+        return False
+    group = stats.group(conn.server, c.key)
+    if group is None:
+        out += bp.error(c.opcode, c.opaque, bp.KEY_ENOENT)
+        return True
+    for name, value in group:
+        out += bp.response(c.opcode, c.opaque, key=name.encode(), value=str(value).encode())
+    out += bp.response(c.opcode, c.opaque)
+    return True
+
+
+_BINARY: dict[int, Callable[[cmd.Binary, int, bool, Conn, list[Any]], bool]] = {
+    bp.GET: _bin_get, bp.GETK: _bin_get, bp.GAT: _bin_get, bp.GATK: _bin_get, bp.TOUCH: _bin_touch,
+    bp.SET: _bin_store, bp.ADD: _bin_store, bp.REPLACE: _bin_store, bp.APPEND: _bin_store,
+    bp.PREPEND: _bin_store, bp.DELETE: _bin_delete, bp.INCREMENT: _bin_arith,
+    bp.DECREMENT: _bin_arith, bp.FLUSH: _bin_flush, bp.NOOP: _bin_simple, bp.VERSION: _bin_simple,
+    bp.QUIT: _bin_simple, bp.STAT: _bin_stat,
+}
+HANDLERS[cmd.Binary] = do_binary

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
+from trio_mc.protocol.binary import BinaryParser
 from trio_mc.protocol.parser import Parser
 from trio_mc.settings import response_budget
 from trio_mc.server.commands import HANDLERS
@@ -276,9 +277,10 @@ class Conn:
                 return
             if first:
                 first = False
-                # memcached's binary protocol (magic byte 0x80) is deprecated and not served;
-                # with -B binary nothing else is spoken either.
-                if (data[0] == 0x80 and self.settings.binding_protocol != "ascii") or self.settings.binary_only:
+                # -B auto: a first byte of 0x80 (the request magic) means the binary protocol.
+                if data[0] == 0x80 and self.settings.binding_protocol != "ascii":
+                    parser = self.parser = BinaryParser(item_size_max=self.settings.item_size_max)  # type: ignore[assignment]
+                elif self.settings.binary_only:
                     self.close_reason = b"error"
                     return
             tstats.bytes_read += len(data)

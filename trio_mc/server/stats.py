@@ -277,6 +277,27 @@ def reset(state: ServerState) -> None:
     state.prefix_stats.clear()
 
 
+def group(state: ServerState, name: bytes) -> _Stats | None:
+    """A stats group by name for the binary protocol (``None`` if there is no such group)."""
+    if name == b"reset":
+        reset(state)
+        return []
+    if name.startswith(b"detail"):
+        mode = name[6:]
+        if mode == b" dump":
+            return [("detailed", state.prefix_stats.dump()[: -len(replies.END)].decode("latin-1"))]
+        if mode in (b" on", b" off"):
+            state.settings.detail_enabled = mode == b" on"
+            return []
+        return None
+    producer = {b"": general, b"items": items, b"slabs": slabs, b"conns": conns}.get(name)
+    if producer is not None:
+        return producer(state)
+    if name == b"settings":
+        return settings_stats(state.settings, oldest=0)
+    return None
+
+
 def render(state: ServerState, args: list[bytes]) -> bytes:
     """The whole reply to ``stats [args]``."""
     if not args:
