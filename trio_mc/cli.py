@@ -68,7 +68,7 @@ usage: trio-mc serve [memcached options]
 -R, --max-reqs-per-event  maximum number of requests per event (default: 20)
 -C, --disable-cas         disable use of CAS
 -b, --listen-backlog=<num> set the backlog queue limit (default: 1024)
--B, --protocol=<name>     protocol - one of ascii or auto (default: auto-negotiate)
+-B, --protocol=<name>     protocol - one of ascii, binary, or auto (default: auto-negotiate)
 -I, --max-item-size=<num> adjusts max item size (default: 1m, min: 1k, max: 1024m)
 -Y, --auth-file=<file>    ASCII authentication: user:pass lines (first command must
                           be "set <any> 0 0 <n>" with "user pass" as its data)
@@ -311,10 +311,8 @@ def parse_serve_args(argv: Sequence[str]) -> Settings | str:
             elif value == "ascii":
                 s.binding_protocol = "ascii"
             elif value == "binary":
-                # Accepted so existing command lines start; binary requests are refused
-                # (closed), as is any text, so nothing is served.
                 s.binding_protocol = "binary"
-                s.binary_only = True
+                s.binary_only = True  # a connection that does not start binary is closed
             else:
                 raise UsageError(f"Invalid value for binding protocol: {value}\n"
                                  " -- should be one of auto, binary, or ascii")

@@ -74,7 +74,7 @@ class Settings:
     #: memcached's debug-build commands (``debugtime``), on with ``-o relaxed_privileges``.
     debug_commands: bool = False
     auth_file: str | None = None  # -Y: ASCII authentication
-    #: ``-B binary`` accepted for compatibility; only the text protocol is served.
+    #: ``-B binary``: only the binary protocol is spoken.
     binary_only: bool = False
 
 
