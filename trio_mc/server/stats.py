@@ -277,6 +277,15 @@ def reset(state: ServerState) -> None:
     state.prefix_stats.clear()
 
 
+def _settings(state: ServerState) -> _Stats:
+    return settings_stats(state.settings, oldest=0)
+
+
+#: The plain list-of-stats groups, by sub-command (b"" is plain ``stats``); shared by the
+#: text and binary protocols.
+_GROUPS = {b"": general, b"settings": _settings, b"items": items, b"slabs": slabs, b"conns": conns}
+
+
 def group(state: ServerState, name: bytes) -> _Stats | None:
     """A stats group by name for the binary protocol (``None`` if there is no such group)."""
     if name == b"reset":
@@ -290,27 +299,16 @@ def group(state: ServerState, name: bytes) -> _Stats | None:
             state.settings.detail_enabled = mode == b" on"
             return []
         return None
-    producer = {b"": general, b"items": items, b"slabs": slabs, b"conns": conns}.get(name)
-    if producer is not None:
-        return producer(state)
-    if name == b"settings":
-        return settings_stats(state.settings, oldest=0)
-    return None
+    producer = _GROUPS.get(name)
+    return producer(state) if producer is not None else None
 
 
 def render(state: ServerState, args: list[bytes]) -> bytes:
     """The whole reply to ``stats [args]``."""
-    if not args:
-        return replies.stat_lines(general(state))
-    sub = args[0]
-    if sub == b"settings":
-        return replies.stat_lines(settings_stats(state.settings, oldest=0))
-    if sub == b"items":
-        return replies.stat_lines(items(state))
-    if sub == b"slabs":
-        return replies.stat_lines(slabs(state))
-    if sub == b"conns":
-        return replies.stat_lines(conns(state))
+    sub = args[0] if args else b""
+    producer = _GROUPS.get(sub)
+    if producer is not None:
+        return replies.stat_lines(producer(state))
     if sub == b"sizes":
         if state.sizes_cas_min is None:
             return b"STAT sizes_status disabled\r\n" + replies.END
