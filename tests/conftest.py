@@ -9,7 +9,9 @@ import trio
 import trio.testing
 
 from procs import ServerProcess, start_trio_mc
-from trio_mc.server.conn import Conn, ConnGroup, StreamTransport
+from trio_mc.server.conn import ConnGroup
+from trio_mc.server.handlers import open_conn
+from trio_mc.server.transport import StreamTransport
 from trio_mc.server.serve import make_store
 from trio_mc.server.state import ServerState
 from trio_mc.settings import Settings
@@ -65,12 +67,13 @@ async def server_state() -> ServerState:
 async def connect(server_state: ServerState, nursery: trio.Nursery) -> AsyncIterator[ClientFactory]:
     """Open an in-memory client connection to ``server_state``."""
 
-    group = ConnGroup(server_state, server_state.new_thread_stats())
+    group = ConnGroup(server_state.settings, server_state.store.clock, server_state.new_thread_stats(),
+                      server_state)
 
     async def factory() -> Client:
         client, server = trio.testing.memory_stream_pair()
-        conn = Conn(StreamTransport(server), group, fd=100 + len(server_state.conns),
-                    addr="tcp:127.0.0.1:1", listen_addr="tcp:127.0.0.1:11211")
+        conn = open_conn(server_state, StreamTransport(server), group, fd=100 + len(server_state.conns),
+                         addr="tcp:127.0.0.1:1", listen_addr="tcp:127.0.0.1:11211")
         nursery.start_soon(conn.run)
         await trio.testing.wait_all_tasks_blocked()
         return Client(client)

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_mc.numbers import safe_strtol, safe_strtoul, safe_strtoull
+from trio_mc.modes import SET
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
 from trio_mc.protocol.parser import Parser
@@ -17,7 +18,7 @@ def parse(data: bytes, **kw: object) -> list[cmd.Command]:
 
 def test_storage_command_with_data_block() -> None:
     [c] = parse(b"set k 5 10 3\r\nabc\r\n")
-    assert c == cmd.Store(cmd.StoreMode.SET, b"k", 5, 10, b"abc\r\n", 0, False)
+    assert c == cmd.Store(SET, b"k", 5, 10, b"abc\r\n", 0, False)
 
 
 def test_cas_and_noreply() -> None:
@@ -74,7 +75,7 @@ def test_bad_data_chunk() -> None:
 def test_too_large_is_swallowed_without_buffering() -> None:
     p = Parser(item_size_max=1024)
     out = p.feed(b"set k 0 0 5000\r\n" + b"x" * 1000)
-    assert out == [cmd.TooLarge(cmd.StoreMode.SET, b"k", False)]
+    assert out == [cmd.TooLarge(SET, b"k", False)]
     assert p.state == "conn_swallow" and p.buffered == 0
     assert p.feed(b"x" * 4002 + b"get k\r\n") == [cmd.Get([b"k"], False)]
 
@@ -82,7 +83,7 @@ def test_too_large_is_swallowed_without_buffering() -> None:
 def test_item_size_rule_matches_memcached() -> None:
     # 48 + 8 (cas) + key+1 + value+2 <= 1 MiB: 1048516 fits with a 1-byte key.
     assert parse(b"set k 0 0 1048516\r\n") == []  # accepted: waiting for its data
-    assert parse(b"set k 0 0 1048517\r\n") == [cmd.TooLarge(cmd.StoreMode.SET, b"k", False)]
+    assert parse(b"set k 0 0 1048517\r\n") == [cmd.TooLarge(SET, b"k", False)]
     assert parse(b"set k 0 0 1048524\r\n", use_cas=False) == []
 
 

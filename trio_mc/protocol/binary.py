@@ -38,6 +38,40 @@ ERRORS = {
 }
 
 
+# How a well-formed request of each (loud) opcode looks: the extras lengths it may carry,
+# whether it needs a key (None: either way) and whether it may carry a value.
+_SHAPES: dict[int, tuple[tuple[int, ...], bool | None, bool]] = {
+    GET: ((0,), True, False), GETK: ((0,), True, False),
+    GAT: ((4,), True, False), GATK: ((4,), True, False), TOUCH: ((4,), True, True),
+    SET: ((8,), True, True), ADD: ((8,), True, True), REPLACE: ((8,), True, True),
+    APPEND: ((0,), True, True), PREPEND: ((0,), True, True),
+    DELETE: ((0,), True, False), INCREMENT: ((20,), True, False), DECREMENT: ((20,), True, False),
+    FLUSH: ((0, 4), False, False), NOOP: ((0,), False, False), VERSION: ((0,), False, False),
+    QUIT: ((0,), False, False), STAT: ((0,), None, True),
+}
+KEY_MAX_LENGTH = 250
+
+
+def base_opcode(opcode: int) -> int:
+    """The loud opcode of a quiet one (the opcode itself otherwise)."""
+    return QUIET.get(opcode, opcode)
+
+
+def known(opcode: int) -> bool:
+    return base_opcode(opcode) in _SHAPES
+
+
+def well_formed(c: cmd.Binary) -> bool:
+    """Whether a request of a known opcode has the extras, key and value its opcode
+    allows; memcached answers any other frame EINVAL and hangs up."""
+    extras, needs_key, has_value = _SHAPES[base_opcode(c.opcode)]
+    if len(c.key) > KEY_MAX_LENGTH or len(c.extras) not in extras:
+        return False
+    if needs_key is not None and bool(c.key) != needs_key:
+        return False
+    return has_value or not (c.value or c.too_large)
+
+
 def response(opcode: int, opaque: int, status: int = SUCCESS, *, cas: int = 0, extras: bytes = b"",
              key: bytes = b"", value: bytes | memoryview = b"") -> list[bytes | memoryview]:
     """One response frame, as pieces for the connection's single send."""

@@ -8,19 +8,7 @@ server time is the store's job, because the protocol layer has no clock.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
-
-
-class StoreMode(enum.IntEnum):
-    """memcached's ``NREAD_*`` modes: how a storage command treats an existing item."""
-
-    ADD = 1
-    SET = 2
-    REPLACE = 3
-    APPEND = 4
-    PREPEND = 5
-    CAS = 6
 
 
 @dataclass(slots=True)
@@ -36,7 +24,7 @@ class Get:
 class Store:
     """set/add/replace/append/prepend/cas with its data block (``data`` ends in ``\\r\\n``)."""
 
-    mode: StoreMode
+    mode: int  # trio_mc.modes
     key: bytes
     flags: int
     exptime: int
@@ -49,7 +37,7 @@ class Store:
 class TooLarge:
     """A storage command whose item can never fit ``-I``; its data block is swallowed unread."""
 
-    mode: StoreMode
+    mode: int  # trio_mc.modes
     key: bytes
     noreply: bool
 
@@ -178,35 +166,79 @@ class Reply:
 
 
 @dataclass(slots=True)
-class Meta:
-    """mg/ms/md/ma: the key (decoded when ``b``), the flag tokens as sent, their values.
+class MetaGet:
+    """mg.  ``tokens`` keeps the request's flags in order (return flags are answered in that
+    order, and T/N/R/t apply in it).  ``late_error`` is an error memcached reports only after
+    it has applied the command (an over-long opaque)."""
 
-    ``tokens`` keeps the request's flags in order because return flags are answered in that
-    order.  ``late_error`` is an error memcached reports only after it has applied the
-    command (an over-long opaque on mg/ma).
-    """
-
-    op: int  # ord("g"), ord("s"), ord("d") or ord("a")
     key: bytes
     tokens: list[bytes]
     binary: bool = False
     quiet: bool = False
     value: bool = False
     no_update: bool = False
-    stale: bool = False
-    drop_value: bool = False
     ttl: int | None = None
     vivify: int | None = None
     recache: int | None = None
+    compare_cas: int | None = None
+    new_cas: int | None = None
+    late_error: bytes | None = None
+
+
+@dataclass(slots=True)
+class MetaSet:
+    """ms with its data block (``data`` ends in ``\\r\\n``; ``need`` is its length)."""
+
+    key: bytes
+    tokens: list[bytes]
+    binary: bool = False
+    quiet: bool = False
+    stale: bool = False
+    ttl: int | None = None
+    vivify: int | None = None
     client_flags: int = 0
+    compare_cas: int | None = None
+    new_cas: int | None = None
+    mode: int = 0  # the M token's byte (0: none)
+    need: int = 0
+    data: bytes = b""
+
+
+@dataclass(slots=True)
+class MetaDelete:
+    """md; ``stale`` (I) marks instead of deleting, ``drop_value`` (x) keeps an empty item."""
+
+    key: bytes
+    tokens: list[bytes]
+    binary: bool = False
+    quiet: bool = False
+    stale: bool = False
+    drop_value: bool = False
+    ttl: int | None = None
+    compare_cas: int | None = None
+    new_cas: int | None = None
+
+
+@dataclass(slots=True)
+class MetaArith:
+    """ma; ``mode`` is the M token's byte (0, I, +: incr; D, -: decr)."""
+
+    key: bytes
+    tokens: list[bytes]
+    binary: bool = False
+    quiet: bool = False
+    value: bool = False
+    ttl: int | None = None
+    vivify: int | None = None
     compare_cas: int | None = None
     new_cas: int | None = None
     delta: int = 1
     initial: int = 0
     mode: int = 0
-    need: int = 0  # ms: length of the data block to read, "\r\n" included
-    data: bytes | None = None
     late_error: bytes | None = None
+
+
+Meta = MetaGet | MetaSet | MetaDelete | MetaArith
 
 
 @dataclass(slots=True)
@@ -230,6 +262,7 @@ class MetaDebug:
 
 Command = (
     Get | Store | TooLarge | Delete | Arith | Touch | FlushAll | Verbosity | MemLimit
-    | Shutdown | Stats | Version | Quit | Close | Reply | Meta | MetaSwallow | MetaDebug | Watch
+    | Shutdown | Stats | Version | Quit | Close | Reply | MetaGet | MetaSet | MetaDelete | MetaArith
+    | MetaSwallow | MetaDebug | Watch
     | Admin | Auth | Binary
 )

@@ -33,7 +33,7 @@ def _err(text: bytes) -> cmd.Reply:
     return cmd.Reply(text + b"\r\n")
 
 
-# Flag byte -> (attribute of MetaFlags to set, token parser or None, error text for a bad
+# Flag byte -> (field of the command to set, token parser or None, error text for a bad
 # token).  Flags with no attribute are return-only flags, handled when the reply is built.
 _Parse = Callable[[bytes], "int | None"]
 FLAGS: dict[int, tuple[str | None, _Parse | None, bytes]] = {
@@ -56,12 +56,23 @@ FLAGS: dict[int, tuple[str | None, _Parse | None, bytes]] = {
 }
 
 
+_TYPES: dict[int, type[cmd.MetaGet] | type[cmd.MetaSet] | type[cmd.MetaDelete] | type[cmd.MetaArith]] = {
+    ord("g"): cmd.MetaGet, ord("s"): cmd.MetaSet, ord("d"): cmd.MetaDelete, ord("a"): cmd.MetaArith,
+}
+#: The fields each command type takes from the pre-parsed flags (the others are ignored,
+#: as memcached ignores a valid flag that a command does not use).
+_FIELDS = {op: frozenset(t.__dataclass_fields__) - {"key", "tokens"} for op, t in _TYPES.items()}
+_MS_MODES = frozenset(b"SEAPR")
+_MA_MODES = frozenset(b"I+D-")
+
+
 def parse_meta(tokens: list[bytes], item_too_large: Callable[[int, int, int], bool]) -> cmd.Command:
     """Parse a meta command line (``tokens[0]`` is ``mg``/``ms``/``md``/``ma``/``me``/``mn``).
 
-    Returns a :class:`~trio_mc.protocol.commands.Meta` (for ms, still without its data: the
-    parser reads it next), a :class:`~trio_mc.protocol.commands.MetaSwallow` (ms refused
-    after its length was read), or a reply.
+    Returns a :class:`~trio_mc.protocol.commands.MetaGet`, ``MetaSet`` (still without its
+    data: the parser reads it next), ``MetaDelete`` or ``MetaArith``; a
+    :class:`~trio_mc.protocol.commands.MetaSwallow` (ms refused after its length was read);
+    or a reply.
 
     Args:
       item_too_large: ``(key length, client flags, value length + 2) -> bool``, the ``-I``
@@ -72,9 +83,7 @@ def parse_meta(tokens: list[bytes], item_too_large: Callable[[int, int, int], bo
         return cmd.Reply(replies.MN)
     if op == ord("e"):
         return _parse_me(tokens)
-    if op not in b"gsda":
-        return cmd.Reply(replies.ERROR)
-    if len(tokens) < 2:
+    if op not in _TYPES or len(tokens) < 2:
         return cmd.Reply(replies.ERROR)
     if len(tokens[1]) > 250:
         return _err(_FORMAT)
@@ -91,44 +100,52 @@ def parse_meta(tokens: list[bytes], item_too_large: Callable[[int, int, int], bo
             return _err(_FORMAT)
         need = vlen + 2
         first = 3
-    m = cmd.Meta(op, tokens[1], tokens[first:])
-    error = _preparse(m)
+    flag_tokens = tokens[first:]
+    values: dict[str, int | bool | bytes] = {"key": tokens[1]}
+    error = _preparse(op, flag_tokens, values)
     if error is not None:
         if op in b"da":  # md and ma report every pre-parse problem the same way
             error = b"CLIENT_ERROR invalid or duplicate flag"
-        return _refuse(m, error, need)
-    if op == ord("s") and m.mode not in (0, ord("S"), ord("E"), ord("A"), ord("P"), ord("R")):
-        return _refuse(m, b"CLIENT_ERROR invalid mode for ms M token", need)
+        return _refuse(op, error, need)
+    mode = values.get("mode", 0)
+    if op == ord("s") and mode and mode not in _MS_MODES:
+        return _refuse(op, b"CLIENT_ERROR invalid mode for ms M token", need)
     # An over-long opaque: ms and md refuse before acting; mg and ma act first, then say so.
-    for i, token in enumerate(m.tokens):
+    late_error = None
+    for i, token in enumerate(flag_tokens):
         if token[0] == ord("O") and len(token) > MAX_OPAQUE_LENGTH:
             if op in b"sd":
-                return _refuse(m, b"CLIENT_ERROR opaque token too long", need)
+                return _refuse(op, b"CLIENT_ERROR opaque token too long", need)
             # memcached stops applying flags at the bad opaque: the ones after it are lost.
-            m.late_error = b"CLIENT_ERROR opaque token too long\r\n"
-            m.tokens = m.tokens[:i]
+            late_error = replies.OPAQUE_TOO_LONG
+            flag_tokens = flag_tokens[:i]
             break
-    if op == ord("s"):
-        if item_too_large(len(m.key), m.client_flags, need):
-            return cmd.MetaSwallow(replies.SERVER_ERROR_TOO_LARGE, need, m.key)
-        m.need = need
-    elif op == ord("a") and m.mode not in (0, ord("I"), ord("+"), ord("D"), ord("-")):
+    fields = _FIELDS[op]
+    command = _TYPES[op](tokens=flag_tokens, **{k: v for k, v in values.items() if k in fields or k == "key"})  # type: ignore[arg-type]
+    if late_error is not None:
+        command.late_error = late_error  # type: ignore[union-attr]
+    if command.__class__ is cmd.MetaSet:
+        if item_too_large(len(command.key), command.client_flags, need):  # type: ignore[union-attr]
+            return cmd.MetaSwallow(replies.SERVER_ERROR_TOO_LARGE, need, command.key)
+        command.need = need  # type: ignore[union-attr]
+    elif op == ord("a") and mode and mode not in _MA_MODES:
         return _err(b"CLIENT_ERROR invalid mode for ma M token")
-    return m
+    return command
 
 
-def _refuse(m: cmd.Meta, error: bytes, need: int) -> cmd.Command:
+def _refuse(op: int, error: bytes, need: int) -> cmd.Command:
     """An error reply; for ms the data block that follows is swallowed."""
-    if m.op == ord("s"):
+    if op == ord("s"):
         return cmd.MetaSwallow(error + b"\r\n", need, None)
     return _err(error)
 
 
-def _preparse(m: cmd.Meta) -> bytes | None:
-    """memcached's ``_meta_flag_preparse``: the error text, or ``None`` if all is well."""
+def _preparse(op: int, tokens: list[bytes], values: dict[str, int | bool | bytes]) -> bytes | None:
+    """memcached's ``_meta_flag_preparse``: fills ``values`` (field name -> value) and
+    returns the error text, or ``None`` if all is well."""
     seen = set()
     error: bytes | None = None
-    for token in m.tokens:
+    for token in tokens:
         flag = token[0]
         if flag >= 127 or flag in seen:
             return b"CLIENT_ERROR duplicate flag"
@@ -137,28 +154,28 @@ def _preparse(m: cmd.Meta) -> bytes | None:
         if spec is None:
             return b"CLIENT_ERROR invalid flag"
         attr, parse, bad = spec
-        if flag == ord("x") and m.op != ord("d"):
+        if flag == ord("x") and op != ord("d"):
             return b"CLIENT_ERROR invalid flag"  # x (drop the value) exists only for md
         if flag == ord("b"):
-            key = base64.decode(m.key)
+            key = base64.decode(values["key"])  # type: ignore[arg-type]
             if key is None:
                 error = b"CLIENT_ERROR error decoding key"
             else:
-                m.key = key
-                m.binary = True
+                values["key"] = key
+                values["binary"] = True
         elif flag == ord("M"):
             if len(token) != 2:
                 error = bad
             else:
-                m.mode = token[1]
+                values["mode"] = token[1]
         elif parse is not None:
             value = parse(token[1:])
             if value is None:
                 error = bad or error or _FORMAT
             else:
-                setattr(m, attr, value)  # type: ignore[arg-type]
+                values[attr] = value  # type: ignore[index]
         elif attr is not None:
-            setattr(m, attr, True)
+            values[attr] = True
     return error
 
 

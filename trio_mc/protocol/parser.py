@@ -27,6 +27,7 @@ from collections.abc import Callable
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
 from trio_mc.protocol.meta import parse_meta
+from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
 from trio_mc.numbers import safe_strtol, safe_strtoul, safe_strtoull
 from trio_mc.sizes import item_total_size
 
@@ -75,7 +76,7 @@ class Parser:
         self._pos = 0
         self._search_from = 0  # where the newline search resumes in an unterminated line
         # A storage command waiting for its data block of _need bytes ("\r\n" included).
-        self._pending: cmd.Store | cmd.Meta | None = None
+        self._pending: cmd.Store | cmd.MetaSet | None = None
         self._need = 0
         self._parts: list[bytes] = []  # pieces of a data block still arriving
         self._have = 0
@@ -140,7 +141,7 @@ class Parser:
                 if block.endswith(b"\r\n"):
                     pending.data = block
                     out.append(pending)
-                elif pending.__class__ is cmd.Meta or not pending.noreply:  # type: ignore[union-attr]
+                elif pending.__class__ is cmd.MetaSet or not pending.noreply:  # type: ignore[union-attr]
                     out.append(_BAD_CHUNK)  # meta commands always report it
                 continue
             nl = buf.find(b"\n", pos + self._search_from)
@@ -190,7 +191,7 @@ class Parser:
                 buf = buf[nl + 1:]
                 size = safe_strtoul(tokens[4]) if len(tokens) >= 5 else None
                 if tokens[:1] != [b"set"] or size is None:
-                    out.append(cmd.Reply(b"CLIENT_ERROR unauthenticated\r\n"))
+                    out.append(cmd.Reply(replies.CLIENT_ERROR_UNAUTHENTICATED))
                     continue
                 self._auth_need = size + 2
             if len(buf) < self._auth_need:
@@ -198,11 +199,11 @@ class Parser:
             block, buf = buf[:self._auth_need], buf[self._auth_need:]
             self._auth_need = 0
             if not block.endswith(b"\r\n"):
-                out.append(cmd.Reply(b"CLIENT_ERROR bad command line termination\r\n"))
+                out.append(cmd.Reply(replies.CLIENT_ERROR_AUTH_TERMINATION))
                 continue
             words = [t for t in block[:-2].split(b" ") if t]
             if len(words) < 2:
-                out.append(cmd.Reply(b"CLIENT_ERROR bad authentication token format\r\n"))
+                out.append(cmd.Reply(replies.CLIENT_ERROR_AUTH_FORMAT))
                 continue
             out.append(cmd.Auth(words[0], words[1]))
             break  # the server decides; what follows is parsed in the new mode
@@ -246,8 +247,8 @@ class Parser:
                 return _FORMAT
         return cmd.Get(keys, with_cas, exptime)
 
-    def _store(self, tokens: list[bytes], mode: cmd.StoreMode) -> cmd.Command | None:
-        base = 6 if mode is cmd.StoreMode.CAS else 5
+    def _store(self, tokens: list[bytes], mode: int) -> cmd.Command | None:
+        base = 6 if mode == CAS else 5
         ntok = len(tokens)
         if ntok != base and ntok != base + 1:
             return _ERROR
@@ -348,7 +349,7 @@ class Parser:
         command = parse_meta(tokens, self._too_large)
         if command.__class__ is cmd.MetaSwallow:
             self._swallow = command.need  # type: ignore[union-attr]
-        elif command.__class__ is cmd.Meta and command.need:  # type: ignore[union-attr]
+        elif command.__class__ is cmd.MetaSet:
             self._pending = command  # type: ignore[assignment]
             self._need = command.need  # type: ignore[union-attr]
             return None
@@ -372,12 +373,12 @@ _HANDLERS: dict[bytes, _Handler] = {
     b"gets": lambda p, t: p._get(t, True, False),
     b"gat": lambda p, t: p._get(t, False, True),
     b"gats": lambda p, t: p._get(t, True, True),
-    b"set": lambda p, t: p._store(t, cmd.StoreMode.SET),
-    b"add": lambda p, t: p._store(t, cmd.StoreMode.ADD),
-    b"replace": lambda p, t: p._store(t, cmd.StoreMode.REPLACE),
-    b"append": lambda p, t: p._store(t, cmd.StoreMode.APPEND),
-    b"prepend": lambda p, t: p._store(t, cmd.StoreMode.PREPEND),
-    b"cas": lambda p, t: p._store(t, cmd.StoreMode.CAS),
+    b"set": lambda p, t: p._store(t, SET),
+    b"add": lambda p, t: p._store(t, ADD),
+    b"replace": lambda p, t: p._store(t, REPLACE),
+    b"append": lambda p, t: p._store(t, APPEND),
+    b"prepend": lambda p, t: p._store(t, PREPEND),
+    b"cas": lambda p, t: p._store(t, CAS),
     b"incr": lambda p, t: p._arith(t, True),
     b"decr": lambda p, t: p._arith(t, False),
     b"touch": Parser._touch,

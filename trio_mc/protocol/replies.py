@@ -103,4 +103,55 @@ def meta_debug(key: bytes, binary: bool, exp: int, la: int, cas: int, fetched: b
         shown, exp, la, cas, b"yes" if fetched else b"no", clsid, size)
 
 
+# Meta status codes (a reply line is the code, its return flags, then CRLF).
+HD, NF, NS, EX, EN_CODE = b"HD", b"NF", b"NS", b"EX", b"EN"
 EN = b"EN\r\n"
+
+
+def meta_line(code: bytes, flags: bytes) -> bytes:
+    """A meta reply line: ``HD``/``NF``/... or a ``VA <size>`` head, then its flags."""
+    return code + flags + b"\r\n"
+
+
+def meta_value_head(size: int) -> bytes:
+    return b"VA %d" % size
+
+# -- replies the server decides outside the storage commands -------------------------------
+
+SERVER_ERROR_GET_OOM = b"SERVER_ERROR out of memory writing get response\r\n"
+CLIENT_ERROR_UNAUTHENTICATED = b"CLIENT_ERROR unauthenticated\r\n"
+CLIENT_ERROR_AUTH_TERMINATION = b"CLIENT_ERROR bad command line termination\r\n"
+CLIENT_ERROR_AUTH_FORMAT = b"CLIENT_ERROR bad authentication token format\r\n"
+CLIENT_ERROR_AUTH_FAILURE = b"CLIENT_ERROR authentication failure\r\n"
+CLIENT_ERROR_WATCH_DISABLED = b"CLIENT_ERROR watch commands not allowed\r\n"
+ERROR_WATCH_PIPELINED = b"ERROR cannot pipeline other commands before watch\r\n"
+CLIENT_ERROR_REASSIGN_DISABLED = b"CLIENT_ERROR slab reassignment disabled\r\n"
+#: ``slabs reassign`` answers, by the store's result (OK, BADCLASS, NOSPARE, SAME).
+REASSIGN = (
+    OK,
+    b"BADCLASS invalid src or dst class id\r\n",
+    b"NOSPARE source class has no spare pages\r\n",
+    b"SAME src and dst class are identical\r\n",
+)
+CLIENT_ERROR_CRAWLER_DISABLED = b"CLIENT_ERROR lru crawler disabled\r\n"
+BADCLASS_CRAWLER = b"BADCLASS invalid class id\r\n"
+ERROR_METADUMP_DISABLED = b"ERROR metadump not allowed\r\n"
+ERROR_METADUMP_PIPELINED = b"ERROR cannot pipeline other commands before metadump\r\n"
+CLIENT_ERROR_CRAWLER_SLEEP = b"CLIENT_ERROR sleep must be one second or less\r\n"
+CLIENT_ERROR_ILLEGAL_SLAB = b"CLIENT_ERROR Illegal slab id\r\n"
+OPAQUE_TOO_LONG = b"CLIENT_ERROR opaque token too long\r\n"
+
+
+def crawler_toggle_failed(enable: bool) -> bytes:
+    return b"ERROR failed to %b lru crawler thread\r\n" % (b"start" if enable else b"stop")
+
+
+def metadump_line(key: bytes, exp: int, la: int, cas: int, fetched: bool, clsid: int, size: int) -> bytes:
+    """One ``lru_crawler metadump`` line (the key URI-encoded by the caller)."""
+    return b"key=%b exp=%d la=%d cas=%d fetch=%b cls=%d size=%d\n" % (
+        key, exp, la, cas, b"yes" if fetched else b"no", clsid, size)
+
+
+def cachedump_line(key: bytes, nbytes: int, exp: int) -> bytes:
+    """One ``stats cachedump`` line."""
+    return b"ITEM %b [%d b; %d s]\r\n" % (key, nbytes, exp)

@@ -3,127 +3,74 @@
 The task loops through memcached's states: ``conn_waiting`` for input, ``conn_read``,
 ``conn_parse_cmd`` while every complete command of the read is parsed and executed,
 ``conn_nread``/``conn_swallow`` while a data block is still arriving, ``conn_mwrite`` while
-the batch's replies go out in one send, and ``conn_closing`` at the end.  The current state
-is kept on the connection because ``stats conns`` reports it.
+replies go out, and ``conn_closing`` at the end.  The current state is kept on the
+connection because ``stats conns`` reports it.
+
+The connection knows the memcached wire protocols (it picks the text or binary parser) but
+nothing of what commands do: its owner gives it a dispatch table from command type to
+handler and an opaque *session* the handlers receive.  A handler appends reply pieces to
+the batch's output and returns ``None`` or an effect (:data:`QUIT`, :data:`CLOSE`,
+:data:`AUTHENTICATED`, or a :data:`Takeover` coroutine), so every change of connection
+state happens here.
 
 The hot path does no per-command checkpoint, cancel scope or channel hop: one read, one
-parse of everything in it, one send.  Reads and writes go straight to the non-blocking
-socket and only park in Trio when the kernel says "would block" (a Trio socket call costs
-about ten times a plain one).  A client that keeps the socket always readable is made to
-yield every ``-R`` commands (``conn_yields``) and every few reads, so it cannot starve the
-other connections of its worker.
+parse of everything in it, the replies sent with as few system calls as the output bound
+allows.  Output is bounded: once a batch's pending replies pass :data:`OUTPUT_BOUND`, they
+are sent before the next command runs, and while the peer does not read, the connection
+waits for the socket instead of executing more input (memcached: a conn that cannot write
+does not read).  Other connections of the worker are served meanwhile.  A client that
+keeps the socket always readable is made to yield every ``-R`` commands (``conn_yields``)
+and every few reads, so it cannot starve the others.
 """
 
 from __future__ import annotations
 
-import socket
 import sys
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import trio
 
 from trio_mc.protocol.binary import BinaryParser
 from trio_mc.protocol.parser import Parser
+from trio_mc.server.transport import Piece, Transport
 from trio_mc.settings import response_budget
-from trio_mc.server.commands import HANDLERS
-from trio_mc.server.logger import Watcher
 
 if TYPE_CHECKING:
-    from trio_mc.server.state import ServerState, ThreadStats
+    from trio_mc.server.thread_stats import ThreadStats
+    from trio_mc.settings import Settings
+    from trio_mc.store.clock import Clock
 
-#: Bytes asked of the kernel per read: large enough for deep pipelines, below glibc's
-#: mmap threshold (reads of 128 KiB and more cost an mmap/munmap each).
-READ_SIZE = 65536
-#: Consecutive reads that found data waiting before the connection parks in Trio anyway
-#: (``wait_readable`` is a scheduling point), so a flooding client cannot starve others.
-READS_BEFORE_YIELD = 8
+#: Pending reply bytes after which a batch's output is sent before the next command runs:
+#: a connection holds at most this plus one command's replies, whatever it pipelines.
+OUTPUT_BOUND = 1 << 20
+#: Pieces of output between two measurements of its size (a measurement is a C-level sum
+#: over the pieces; doing it per command would cost more than the commands).
+CHECK_EVERY = 64
+
+#: Effects a handler may return.  QUIT: stop executing, send what is pending, close.
+QUIT = 1
+#: The same, closing on an error (``watch connevents`` reports ``reason=error``).
+CLOSE = 2
+#: The client authenticated (``-Y``): what it pipelined behind the attempt is parsed anew.
+AUTHENTICATED = 3
+#: After the pending replies are sent, the connection is handed to this coroutine (a
+#: ``watch`` log stream) and closed when it returns.
+Takeover: TypeAlias = Callable[[Transport], Awaitable[None]]
+Effect: TypeAlias = "int | Takeover | None"
+Out: TypeAlias = list[Piece]
+#: ``handler(command, session, out) -> effect``; the session type is the owner's.
+Handler: TypeAlias = Callable[[Any, Any, Out], Effect]
 
 _DISCONNECTED = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class Transport(Protocol):
-    """What a connection needs of its byte stream."""
+class ConnRegistry(Protocol):
+    """Who keeps count of the connections (``curr_connections``, ``stats conns``)."""
 
-    async def receive(self) -> bytes: ...  # b"" at end of stream
+    def conn_opened(self, conn: Conn) -> None: ...
 
-    async def send(self, data: bytes) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-class SocketTransport:
-    """Plain non-blocking socket calls; Trio is used only to wait for readiness.
-
-    A read is tried before waiting only when the previous read filled the buffer (more is
-    probably queued): after a short read the client is almost always waiting for our reply,
-    and a read that fails costs a system call and an exception.
-    """
-
-    __slots__ = ("sock", "_more", "_ready_reads")
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self.sock = sock
-        self._more = True
-        self._ready_reads = 0
-
-    async def receive(self) -> bytes:
-        sock = self.sock
-        if self._more and self._ready_reads < READS_BEFORE_YIELD:
-            try:
-                data = sock.recv(READ_SIZE)
-                self._ready_reads += 1
-                self._more = len(data) == READ_SIZE
-                return data
-            except BlockingIOError:
-                pass
-        self._ready_reads = 0
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data = sock.recv(READ_SIZE)
-            except BlockingIOError:
-                continue
-            self._more = len(data) == READ_SIZE
-            return data
-
-    async def send(self, data: bytes) -> None:
-        sock = self.sock
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        view = memoryview(data)
-        while sent < len(data):
-            await trio.lowlevel.wait_writable(sock)
-            try:
-                sent += sock.send(view[sent:])
-            except BlockingIOError:
-                continue
-
-    async def aclose(self) -> None:
-        trio.lowlevel.notify_closing(self.sock)
-        self.sock.close()
-
-
-class StreamTransport:
-    """Any :class:`trio.abc.Stream` (tests drive connections over memory streams)."""
-
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-
-    async def receive(self) -> bytes:
-        return bytes(await self.stream.receive_some(READ_SIZE))
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def aclose(self) -> None:
-        await trio.aclose_forcefully(self.stream)
+    def conn_closed(self, conn: Conn) -> None: ...
 
 
 class ConnGroup:
@@ -133,9 +80,12 @@ class ConnGroup:
     group closes idle connections (``-o idle_timeout``) and drains for a graceful shutdown.
     """
 
-    def __init__(self, server: ServerState, tstats: ThreadStats) -> None:
-        self.server = server
+    def __init__(self, settings: Settings, clock: Clock, tstats: ThreadStats,
+                 registry: ConnRegistry) -> None:
+        self.settings = settings
+        self.clock = clock
         self.tstats = tstats
+        self.registry = registry
         self.conns: set[Conn] = set()
         self.draining = False
         self.empty = trio.Event()
@@ -159,14 +109,12 @@ class ConnGroup:
 
     async def sweep_idle(self) -> None:
         """Close connections idle for longer than ``-o idle_timeout`` (``idle_kicks``)."""
-        settings = self.server.settings
-        clock = self.server.store.clock
         while True:
             await trio.sleep(1)
-            timeout = settings.idle_timeout
+            timeout = self.settings.idle_timeout
             if not timeout:
                 continue
-            now = clock.now()
+            now = self.clock.now()
             for conn in list(self.conns):
                 if conn.idle and now - conn.last_cmd_time > timeout:
                     self.tstats.idle_kicks += 1
@@ -174,43 +122,44 @@ class ConnGroup:
 
 
 class Conn:
-    """A client connection and everything a command handler may need."""
+    """A client connection: its transport, parser and state; commands run through
+    ``handlers`` with ``session``."""
 
     __slots__ = (
-        "transport", "server", "store", "settings", "group", "tstats", "parser", "fd", "addr",
-        "listen_addr", "state", "last_cmd_time", "closing", "close_reason", "scope", "watcher",
-        "reparse", "budget",
+        "transport", "group", "handlers", "session", "settings", "tstats", "clock", "parser",
+        "fd", "addr", "listen_addr", "state", "last_cmd_time", "close_reason", "scope", "budget",
     )
 
     def __init__(
         self,
         transport: Transport,
         group: ConnGroup,
+        handlers: Mapping[type, Handler],
+        session: object,
         *,
         fd: int,
         addr: str,
         listen_addr: str,
     ) -> None:
-        server = group.server
+        settings = group.settings
         self.transport = transport
-        self.server = server
-        self.store = server.store
-        self.settings = server.settings
         self.group = group
+        self.handlers = handlers
+        self.session = session
+        self.settings = settings
         self.tstats = group.tstats
-        self.parser = Parser(item_size_max=server.settings.item_size_max, use_cas=server.settings.use_cas,
-                             require_auth=server.settings.auth_file is not None)
-        self.reparse = False  # set after authenticating: parse what was buffered behind it
-        self.budget = response_budget(server.settings)  # -o read_buf_mem_limit, 0 = none
+        self.clock = group.clock
+        self.parser: Parser | BinaryParser = Parser(
+            item_size_max=settings.item_size_max, use_cas=settings.use_cas,
+            require_auth=settings.auth_file is not None)
+        self.budget = response_budget(settings)  # -o read_buf_mem_limit, 0 = none
         self.fd = fd
         self.addr = addr
         self.listen_addr = listen_addr
         self.state = "conn_new_cmd"
-        self.last_cmd_time = server.store.clock.now()
-        self.closing = False
+        self.last_cmd_time = self.clock.now()
         self.close_reason = b"normal"  # as memcached's watch connevents reports it
         self.scope = trio.CancelScope()
-        self.watcher: Watcher | None = None  # set by `watch`: the connection becomes a log stream
 
     @property
     def idle(self) -> bool:
@@ -222,27 +171,11 @@ class Conn:
         self.close_reason = reason
         self.scope.cancel()
 
-    def _log_conn(self, event: bytes) -> None:
-        """``watch connevents``: conn_new / conn_close lines."""
-        if self.addr.startswith("unix:"):
-            rip, rport, transport = b"unix", b"0", b"local"
-        else:
-            host, _, port = self.addr[4:].rpartition(":")
-            rip, rport, transport = host.strip("[]").encode(), port.encode(), b"tcp"
-        line = b"type=%b rip=%b rport=%b transport=%b " % (event, rip, rport, transport)
-        if event == b"conn_close":
-            line += b"reason=%b " % self.close_reason
-        self.server.logger.log(b"connevents", line + b"cfd=%d" % self.fd)
-
     async def run(self) -> None:
         """Serve the connection until the client leaves, quits, or the server stops."""
-        server = self.server
-        server.conn_opened(self)
+        registry = self.group.registry
+        registry.conn_opened(self)
         self.group.add(self)
-        if b"connevents" in server.logger.kinds:
-            self._log_conn(b"conn_new")
-        if self.settings.verbose > 1:
-            print(f"<{self.fd} new auto-negotiating client connection", file=sys.stderr)
         try:
             with self.scope:
                 await self._loop()
@@ -252,24 +185,32 @@ class Conn:
             print(f"<{self.fd} closing on internal error: {exc!r}", file=sys.stderr)
         finally:
             self.state = "conn_closing"
-            if b"connevents" in server.logger.kinds:
-                self._log_conn(b"conn_close")
-            server.conn_closed(self)
+            registry.conn_closed(self)
             self.group.remove(self)
             await self.transport.aclose()
-            if self.settings.verbose > 1:
-                print(f"<{self.fd} connection closed.", file=sys.stderr)
+
+    def _negotiate(self, first: int) -> bool:
+        """``-B``: a first byte of 0x80 (the request magic) means the binary protocol.
+        False if the connection must close (``-B binary`` and a text client)."""
+        settings = self.settings
+        if first == 0x80 and settings.binding_protocol != "ascii":
+            self.parser = BinaryParser(item_size_max=settings.item_size_max)
+        elif settings.binary_only:
+            self.close_reason = b"error"
+            return False
+        return True
 
     async def _loop(self) -> None:
         transport = self.transport
-        parser = self.parser
         tstats = self.tstats
         group = self.group
-        clock = self.store.clock
-        handlers = HANDLERS
+        clock = self.clock
+        handlers = self.handlers
+        session = self.session
+        settings = self.settings
         first = True
-        while not self.closing:
-            self.state = parser.state
+        while True:
+            self.state = self.parser.state
             if group.draining and self.idle:
                 return
             data = await transport.receive()
@@ -277,15 +218,12 @@ class Conn:
                 return
             if first:
                 first = False
-                # -B auto: a first byte of 0x80 (the request magic) means the binary protocol.
-                if data[0] == 0x80 and self.settings.binding_protocol != "ascii":
-                    parser = self.parser = BinaryParser(item_size_max=self.settings.item_size_max)  # type: ignore[assignment]
-                elif self.settings.binary_only:
-                    self.close_reason = b"error"
+                if not self._negotiate(data[0]):
                     return
+            parser = self.parser
             tstats.bytes_read += len(data)
             self.state = "conn_parse_cmd"
-            if self.settings.verbose > 1:
+            if settings.verbose > 1:
                 _log_lines(f"<{self.fd} ", data)
             commands = parser.feed(data)
             if not commands:
@@ -294,36 +232,47 @@ class Conn:
             if self.budget and len(commands) > self.budget:
                 tstats.response_obj_oom += 1  # too many replies to hold: memcached hangs up
                 return
-            out: list[Any] = []
-            for command in commands:
-                handlers[type(command)](command, self, out)
-            if self.reparse:
-                self.reparse = False
-                for command in parser.feed(b""):
-                    handlers[type(command)](command, self, out)
+            out: Out = []
+            check_at = CHECK_EVERY
+            effect: Effect = None
+            while True:
+                for command in commands:
+                    effect = handlers[command.__class__](command, session, out)
+                    if effect is not None:
+                        break
+                    if len(out) >= check_at:
+                        pending = sum(map(len, out))
+                        if pending >= OUTPUT_BOUND:
+                            await self._flush(out, pending)
+                            out = []
+                            check_at = CHECK_EVERY
+                        else:
+                            check_at = len(out) + CHECK_EVERY
+                if effect != AUTHENTICATED:
+                    break
+                parser.require_auth = False  # type: ignore[union-attr]
+                commands = parser.feed(b"")
+                effect = None
             if out:
-                self.state = "conn_mwrite"
-                payload = b"".join(out)
-                await transport.send(payload)
-                tstats.bytes_written += len(payload)
-                if self.settings.verbose > 1:
-                    _log_lines(f">{self.fd} ", payload)
-            if self.watcher is not None:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_at_eof, transport, nursery.cancel_scope)
-                    await self.server.logger.stream(self.watcher, transport.send)
+                await self._flush(out, sum(map(len, out)))
+            if effect is not None:
+                if effect == CLOSE:
+                    self.close_reason = b"error"
+                elif effect != QUIT:
+                    await effect(transport)  # type: ignore[operator]
                 return
-            if len(commands) > self.settings.reqs_per_event:
+            if len(commands) > settings.reqs_per_event:
                 # memcached yields each time -R requests are used up within one read.
-                tstats.conn_yields += (len(commands) - 1) // self.settings.reqs_per_event
+                tstats.conn_yields += (len(commands) - 1) // settings.reqs_per_event
                 await trio.lowlevel.checkpoint()
 
-
-async def _cancel_at_eof(transport: Transport, scope: trio.CancelScope) -> None:
-    """A watcher only listens: when its client hangs up, stop streaming to it."""
-    while await transport.receive():
-        pass
-    scope.cancel()
+    async def _flush(self, out: Out, total: int) -> None:
+        """Send a batch's replies (``conn_mwrite``); waits while the peer does not read."""
+        self.state = "conn_mwrite"
+        if self.settings.verbose > 1:
+            _log_lines(f">{self.fd} ", b"".join(out))
+        await self.transport.send_pieces(out, total)
+        self.tstats.bytes_written += total
 
 
 def _log_lines(prefix: str, data: bytes) -> None:

@@ -15,6 +15,7 @@ test can drive the whole server under one ``MockClock``.
 from __future__ import annotations
 
 import errno
+import functools
 import itertools
 import os
 import resource
@@ -28,6 +29,7 @@ import trio
 
 from trio_mc.protocol import replies
 from trio_mc.server.conn import ConnGroup
+from trio_mc.server.handlers import open_conn
 from trio_mc.server.state import Listener, ServerState
 from trio_mc.server.worker import Worker, describe, serve_socket
 from trio_mc.settings import Settings
@@ -194,15 +196,20 @@ async def serve(
     state.request_shutdown = lambda is_graceful: token.run_sync_soon(request_shutdown, is_graceful)
     try:
         async with trio.open_nursery() as nursery:
-            workers = [Worker(i, state) for i in range(nthreads)]
+            connect = functools.partial(open_conn, state)
+
+            def new_group() -> ConnGroup:
+                return ConnGroup(settings, state.store.clock, state.new_thread_stats(), state)
+
+            workers = [Worker(i, new_group(), connect) for i in range(nthreads)]
             for worker in workers:
                 await nursery.start(worker.supervise)
-            local = ConnGroup(state, state.new_thread_stats()) if not workers else None
+            local = new_group() if not workers else None
             if local is not None:
                 nursery.start_soon(local.sweep_idle)
 
                 def dispatch(sock: socket.socket, listen_addr: str) -> None:
-                    conn_nursery.start_soon(serve_socket, sock, listen_addr, local)
+                    conn_nursery.start_soon(serve_socket, sock, listen_addr, local, connect)
             else:
                 ring = itertools.cycle(workers)
 

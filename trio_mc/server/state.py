@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from trio_mc.server.logger import Logger, uriencode
 from trio_mc.server.prefix_stats import PrefixStats
+from trio_mc.server.thread_stats import ThreadStats
 from trio_mc.settings import Settings
 from trio_mc.store.store import Store
 
@@ -32,21 +34,6 @@ def load_auth_file(path: str) -> dict[bytes, bytes]:
             if sep and user:
                 users[user] = password
     return users
-
-
-@dataclass(slots=True)
-class ThreadStats:
-    """Per-worker counters; written only by the owning worker thread."""
-
-    bytes_read: int = 0
-    bytes_written: int = 0
-    cmd_flush: int = 0
-    cmd_meta: int = 0
-    conn_yields: int = 0
-    idle_kicks: int = 0
-    auth_cmds: int = 0
-    auth_errors: int = 0
-    response_obj_oom: int = 0
 
 
 @dataclass(slots=True)
@@ -108,12 +95,32 @@ class ServerState:
             self.total_conns += 1
             self.max_conns_seen = max(self.max_conns_seen, self.curr_conns)
             self.conns[conn.fd] = conn
+        if b"connevents" in self.logger.kinds:
+            self._log_conn(conn, b"conn_new")
+        if self.settings.verbose > 1:
+            print(f"<{conn.fd} new auto-negotiating client connection", file=sys.stderr)
 
     def conn_closed(self, conn: Conn) -> None:
         with self.lock:
             self.curr_conns -= 1
             if self.conns.get(conn.fd) is conn:
                 del self.conns[conn.fd]
+        if b"connevents" in self.logger.kinds:
+            self._log_conn(conn, b"conn_close")
+        if self.settings.verbose > 1:
+            print(f"<{conn.fd} connection closed.", file=sys.stderr)
+
+    def _log_conn(self, conn: Conn, event: bytes) -> None:
+        """``watch connevents``: conn_new / conn_close lines."""
+        if conn.addr.startswith("unix:"):
+            rip, rport, transport = b"unix", b"0", b"local"
+        else:
+            host, _, port = conn.addr[4:].rpartition(":")
+            rip, rport, transport = host.strip("[]").encode(), port.encode(), b"tcp"
+        line = b"type=%b rip=%b rport=%b transport=%b " % (event, rip, rport, transport)
+        if event == b"conn_close":
+            line += b"reason=%b " % conn.close_reason
+        self.logger.log(b"connevents", line + b"cfd=%d" % conn.fd)
 
     def thread_totals(self) -> ThreadStats:
         total = ThreadStats()

@@ -350,7 +350,7 @@ def _cachedump(state: ServerState, args: list[bytes]) -> bytes:
     if clsid is None or limit is None:
         return replies.CLIENT_ERROR_FORMAT
     if clsid >= 64:
-        return b"CLIENT_ERROR Illegal slab id\r\n"
-    lines = [b"ITEM %b [%d b; %d s]\r\n" % (key, nbytes, exp)
+        return replies.CLIENT_ERROR_ILLEGAL_SLAB
+    lines = [replies.cachedump_line(key, nbytes, exp)
              for key, nbytes, exp in state.store.dump(clsid, limit)]
     return b"".join(lines) + replies.END

@@ -22,8 +22,11 @@ from collections.abc import Callable
 
 import trio
 
-from trio_mc.server.conn import Conn, ConnGroup, SocketTransport
-from trio_mc.server.state import ServerState
+from trio_mc.server.conn import Conn, ConnGroup
+from trio_mc.server.transport import SocketTransport, Transport
+
+#: Builds the connection for an accepted socket (what the connection does is the owner's).
+ConnFactory = Callable[..., Conn]
 
 
 def describe(sock: socket.socket, peer: bool) -> str:
@@ -39,22 +42,24 @@ def describe(sock: socket.socket, peer: bool) -> str:
     return f"{kind}:[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{kind}:{host}:{port}"
 
 
-async def serve_socket(sock: socket.socket, listen_addr: str, group: ConnGroup) -> None:
+async def serve_socket(sock: socket.socket, listen_addr: str, group: ConnGroup,
+                       open_conn: ConnFactory) -> None:
     """Run one accepted client socket to completion (in whichever loop calls it)."""
     if sock.family != socket.AF_UNIX:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    conn = Conn(SocketTransport(sock), group, fd=sock.fileno(),
-                addr=describe(sock, peer=True), listen_addr=listen_addr)
+    transport: Transport = SocketTransport(sock)
+    conn = open_conn(transport, group, fd=sock.fileno(), addr=describe(sock, peer=True),
+                     listen_addr=listen_addr)
     await conn.run()
 
 
 class Worker:
     """One worker thread and its loop."""
 
-    def __init__(self, index: int, server: ServerState) -> None:
+    def __init__(self, index: int, group: ConnGroup, open_conn: ConnFactory) -> None:
         self.index = index
-        self.server = server
-        self.group = ConnGroup(server, server.new_thread_stats())
+        self.group = group
+        self.open_conn = open_conn
         self._token: trio.lowlevel.TrioToken | None = None
         self._intake: trio.MemorySendChannel[tuple[socket.socket, str]] | None = None
         self._scope: trio.CancelScope | None = None
@@ -123,7 +128,7 @@ class Worker:
                 nursery.start_soon(self.group.sweep_idle)
                 async with receive:
                     async for sock, listen_addr in receive:
-                        nursery.start_soon(serve_socket, sock, listen_addr, self.group)
+                        nursery.start_soon(serve_socket, sock, listen_addr, self.group, self.open_conn)
                 # Intake closed (drain): the loop ends once its connections have.
                 await self.group.empty.wait()
                 nursery.cancel_scope.cancel()

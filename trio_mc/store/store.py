@@ -31,6 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from collections.abc import Callable
 
+from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
 from trio_mc.numbers import safe_strtoull
 from trio_mc.sizes import item_total_size
 from trio_mc.store import items
@@ -90,8 +91,6 @@ class DeltaResult(enum.Enum):
     CAS_MISMATCH = "CAS_MISMATCH"
 
 
-# Storage modes, mirroring protocol.commands.StoreMode without importing the protocol.
-ADD, SET, REPLACE, APPEND, PREPEND, CAS = 1, 2, 3, 4, 5, 6
 
 
 @dataclass(slots=True, frozen=True)
@@ -1040,6 +1039,14 @@ class Store:
             self._make_room(0, self.clock.now(), None)
 
     # -- introspection --------------------------------------------------------------------
+
+    def item_clsid(self, key: bytes, flags: int, nbytes: int) -> int:
+        """The slab class of an item with this key, flags and value (``nbytes`` with CRLF)."""
+        return self.slabs.clsid(item_total_size(len(key), flags, nbytes, self.use_cas))
+
+    def too_large_for(self, key_length: int, flags: int, nbytes: int) -> bool:
+        """The ``-I`` rule: whether such an item can never be stored."""
+        return item_total_size(key_length, flags, nbytes, self.use_cas) > self.item_size_max
 
     @property
     def mem_used(self) -> int:
