@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class Get:
-    """get/gets/gat/gats/bget.  ``exptime`` is set only for the touching variants."""
+    """get/gets/gat/gats/bget (a plain single-key get is a :data:`GetKey` instead).
+    ``exptime`` is set only for the touching variants."""
 
     keys: list[bytes]
     with_cas: bool
@@ -260,8 +261,11 @@ class MetaDebug:
     key: bytes
 
 
+#: A plain ``get <key>``, the most common request, is its key itself: no object is built.
+GetKey = bytes
+
 Command = (
-    Get | Store | TooLarge | Delete | Arith | Touch | FlushAll | Verbosity | MemLimit
+    GetKey | Get | Store | TooLarge | Delete | Arith | Touch | FlushAll | Verbosity | MemLimit
     | Shutdown | Stats | Version | Quit | Close | Reply | MetaGet | MetaSet | MetaDelete | MetaArith
     | MetaSwallow | MetaDebug | Watch
     | Admin | Auth | Binary

@@ -154,6 +154,13 @@ class Parser:
                 break
             self._search_from = 0
             end = nl - 1 if nl - pos > 1 and buf[nl - 1] == 13 else nl
+            if buf.startswith(b"get ", pos):
+                # The most common request: a plain single-key get is its key, untokenized.
+                key = buf[pos + 4:end]
+                if 0 < len(key) <= KEY_MAX_LENGTH and b" " not in key and b"\0" not in key:
+                    out.append(key)
+                    pos = nl + 1
+                    continue
             command = self._parse_line(buf[pos:end])
             pos = nl + 1
             if command is not None:
@@ -213,9 +220,6 @@ class Parser:
     # -- command lines ---------------------------------------------------------------------
 
     def _parse_line(self, line: bytes) -> cmd.Command | None:
-        if line.startswith(b"get ") and 4 < len(line) <= 4 + KEY_MAX_LENGTH and line.find(b" ", 4) < 0 \
-                and b"\0" not in line:
-            return cmd.Get([line[4:]], False)  # the most common command, without tokenizing
         if b"\0" in line:  # memcached works on a C string: a NUL ends the command
             line = line[: line.index(b"\0")]
         tokens = line.split(b" ")
@@ -256,9 +260,14 @@ class Parser:
         key = tokens[1]
         if len(key) > KEY_MAX_LENGTH:
             return None if noreply else _FORMAT
-        flags = safe_strtoul(tokens[2])
-        exptime = safe_strtol(tokens[3])
-        vlen = safe_strtol(tokens[4])
+        # Tokens of at most 9 digits (the usual case) fit every field as they are; only
+        # others need the emulation of strtol's rules.
+        t = tokens[2]
+        flags = int(t) if len(t) < 10 and t.isdigit() else safe_strtoul(t)
+        t = tokens[3]
+        exptime = int(t) if len(t) < 10 and t.isdigit() else safe_strtol(t)
+        t = tokens[4]
+        vlen = int(t) if len(t) < 10 and t.isdigit() else safe_strtol(t)
         if flags is None or exptime is None or vlen is None:
             return None if noreply else _FORMAT
         cas = 0

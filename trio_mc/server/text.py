@@ -42,6 +42,19 @@ _DELTA_ERRORS = {
 _VERSION = replies.version(MEMCACHED_VERSION)
 
 
+def do_get_key(key: cmd.GetKey, s: Session, out: Out) -> Effect:
+    """A plain single-key get, the hot path."""
+    if s.settings.detail_enabled or s.server.logger.fetchers:
+        return do_get(cmd.Get([key], False), s, out)
+    hit = s.store.get_one(key)
+    if hit is not None:
+        flags, _, data = hit
+        out.append(replies.value_header(key, flags, len(data) - 2))
+        out.append(data)
+    out.append(replies.END)
+    return None
+
+
 def do_get(c: cmd.Get, s: Session, out: Out) -> Effect:
     if s.budget and len(c.keys) > s.budget:
         s.tstats.response_obj_oom += 1
@@ -262,6 +275,7 @@ def do_auth(c: cmd.Auth, s: Session, out: Out) -> Effect:
 
 
 HANDLERS: dict[type, Callable[[Any, Session, Out], Effect]] = {
+    bytes: do_get_key,
     cmd.Get: do_get,
     cmd.Store: do_store,
     cmd.TooLarge: do_too_large,
