@@ -60,7 +60,7 @@ def test_retrieval_values_up_to_end() -> None:
     assert r.status == b"END" and r.end
     assert [bytes(v) for v in r.values] == [b"VALUE a 0 3\r\nabc\r\n", b"VALUE bb 7 4 99\r\n\r\nx\n\r\n"]
     empty = one(rs.RETRIEVAL, b"END\r\n")
-    assert empty.end and empty.values == ()
+    assert empty.end and empty.values == []
 
 
 def test_retrieval_cut_short_by_an_error_keeps_its_blocks() -> None:
@@ -88,7 +88,7 @@ def test_delete_touch_version() -> None:
 
 def test_meta_replies() -> None:
     va = one(rs.META, b"VA 5 f3 t-1 kfoo\r\nhe\r\no\r\n")
-    assert va.status == b"VA" and va.values == ()
+    assert va.status == b"VA" and va.values == []
     assert one(rs.META, b"VA 0\r\n\r\n").status == b"VA"
     for line in (b"HD", b"HD c12 Oabc", b"EN", b"EN kmiss", b"NF", b"NS", b"EX c0", b"MN"):
         assert one(rs.META, line + b"\r\n").status == line[:2]

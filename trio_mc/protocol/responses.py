@@ -16,7 +16,7 @@ for the fixed words, :data:`_READERS` for the rest); errors (``ERROR``, ``CLIENT
 ``SERVER_ERROR <msg>``) may end any kind.
 
 A :class:`Response` carries the exact bytes the backend sent (a proxy forwards them as is)
-and, for retrievals, a view of each ``VALUE`` block inside them, because a multi-get merge
+and, for retrievals, where each ``VALUE`` block lies inside them, because a multi-get merge
 takes blocks from several backends (twemproxy's ``post_coalesce``).  Bytes are copied once:
 a response that lies in one read is a slice of it, one that spans reads is joined once from
 the pieces (a list, as in :mod:`trio_mc.protocol.parser`, so a 1 MB value is not quadratic).
@@ -31,7 +31,7 @@ request pending on it).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from trio_mc.protocol import replies
@@ -59,7 +59,6 @@ VALUE_LIMIT = 1024 * 1024 * 1024
 KEY_MAX_LENGTH = 250
 
 _CRLF = b"\r\n"
-_NO_VALUES: tuple[memoryview, ...] = ()
 
 
 @dataclass(slots=True)
@@ -68,20 +67,27 @@ class Response:
 
     ``status`` is the reply's first word as sent (``b"STORED"``, ``b"END"``, ``b"VA"``,
     ``b"VERSION"``, ``b"SERVER_ERROR"``...), or :data:`NUMBER`.  ``raw`` is exactly what the
-    backend sent for it.  ``values`` (retrievals) are views into ``raw``, one per ``VALUE``
-    block, header and data with their ``\\r\\n``; a retrieval cut short by an error keeps the
-    blocks sent before it.
+    backend sent for it.  ``spans`` (retrievals) are the ``(start, end)`` offsets in ``raw``
+    of each ``VALUE`` block, header and data with their ``\\r\\n``; a retrieval cut short
+    by an error keeps the blocks sent before it.  Offsets rather than views: most replies
+    are forwarded whole, so the views are made only when asked for (:attr:`values`).
     """
 
     kind: int
     status: bytes
     raw: bytes
-    values: tuple[memoryview, ...] = _NO_VALUES
+    spans: Sequence[tuple[int, int]] = ()
 
     @property
     def end(self) -> bool:
         """Whether a retrieval ended with ``END`` (what a multi-get fragment must do)."""
         return self.status == b"END"
+
+    @property
+    def values(self) -> list[memoryview]:
+        """Each ``VALUE`` block, a view into ``raw`` (what a multi-get merge copies out)."""
+        view = memoryview(self.raw)
+        return [view[a:b] for a, b in self.spans]
 
 
 @dataclass(slots=True)
@@ -322,7 +328,7 @@ class ResponseReader:
             self._have += end - start
 
     def _complete(self, buf: bytes, start: int, end: int, status: bytes) -> Response:
-        """The response ending at ``buf[end]``: copied once, its VALUE blocks as views."""
+        """The response ending at ``buf[end]``, copied once (a slice, or one join)."""
         kind = self._kind
         self._kind = 0
         if self._parts:
@@ -332,12 +338,11 @@ class ResponseReader:
             self._have = 0
         else:
             raw = buf[start:end]
-        if not self._spans:
+        spans = self._spans
+        if not spans:
             return Response(kind, status, raw)
-        view = memoryview(raw)
-        values = tuple([view[a:b] for a, b in self._spans])
         self._spans = []
-        return Response(kind, status, raw, values)
+        return Response(kind, status, raw, spans)
 
     def _bad(self, out: list[Response | BadResponse], kind: int | None,
              reason: str) -> list[Response | BadResponse]:
