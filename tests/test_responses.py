@@ -63,6 +63,19 @@ def test_retrieval_values_up_to_end() -> None:
     assert empty.end and empty.values == []
 
 
+def test_values_are_views_into_raw_and_state_is_reported() -> None:
+    reader = ResponseReader()
+    reader.expect(rs.RETRIEVAL)
+    reader.expect(rs.STORAGE)
+    assert reader.pending == 2
+    assert reader.feed(b"VALUE k 0 5\r\nab") == [] and reader.buffered == 15
+    [r] = reader.feed(b"cde\r\nEND\r\nSTO")
+    assert isinstance(r, Response) and r.spans == [(0, 20)] and r.values[0].obj is r.raw
+    assert reader.pending == 1 and reader.buffered == 3
+    assert [x.status for x in reader.feed(b"RED\r\n")] == [b"STORED"]  # type: ignore[union-attr]
+    assert reader.pending == 0 and reader.buffered == 0
+
+
 def test_retrieval_cut_short_by_an_error_keeps_its_blocks() -> None:
     r = one(rs.RETRIEVAL, b"VALUE a 0 1\r\nx\r\nSERVER_ERROR out of memory writing get response\r\n")
     assert r.status == b"SERVER_ERROR" and not r.end

@@ -212,7 +212,8 @@ class ResponseReader:
         self.broken = False  # after a bad response: the stream cannot be framed any more
 
     def expect(self, kind: int) -> None:
-        """Queue the kind of the reply to the next request sent."""
+        """Queue the kind of the reply to the next request sent (before sending it, so
+        the reply cannot arrive first)."""
         self._expected.append(kind)
 
     @property
