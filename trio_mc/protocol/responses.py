@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from trio_mc.protocol import replies
+from trio_mc.protocol.parser import KEY_MAX_LENGTH
 
 # -- what a request expects back (plain ints: the proxy passes one per request) ----------------
 STORAGE = 1  # set/add/replace/append/prepend/cas
@@ -55,8 +56,6 @@ ERRORS = frozenset({b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
 LINE_LIMIT = 2048
 #: memcached refuses ``-I`` above 1 GB, so no value is longer.
 VALUE_LIMIT = 1024 * 1024 * 1024
-#: A ``VALUE`` key is at most this long.
-KEY_MAX_LENGTH = 250
 
 _CRLF = b"\r\n"
 
