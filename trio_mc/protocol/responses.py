@@ -1,0 +1,357 @@
+"""Incremental, sans-IO reader for what a memcached backend answers (the proxy's side).
+
+Theory of operation
+-------------------
+A memcached reply does not say which request it answers, and its shape depends on that
+request: ``NOT_FOUND`` ends a delete, a lone number ends an incr, ``VALUE`` blocks run until
+``END``.  So the proxy tells the reader, in send order, what it expects back
+(:meth:`ResponseReader.expect`, one call per request that gets a reply), and
+:meth:`ResponseReader.feed` turns whatever one ``recv`` returned into every response now
+complete, in order.  No socket, no clock.
+
+The reader has two input states, like a memcached connection: reading a ``\\r\\n``-terminated
+line (``conn_parse_cmd``) and reading a data block of known length (``conn_nread``, after a
+``VALUE`` or meta ``VA`` line).  What a line may say is one table per kind (:data:`_FIXED`
+for the fixed words, :data:`_READERS` for the rest); errors (``ERROR``, ``CLIENT_ERROR <msg>``,
+``SERVER_ERROR <msg>``) may end any kind.
+
+A :class:`Response` carries the exact bytes the backend sent (a proxy forwards them as is)
+and, for retrievals, where each ``VALUE`` block lies inside them, because a multi-get merge
+takes blocks from several backends (twemproxy's ``post_coalesce``).  Bytes are copied once:
+a response that lies in one read is a slice of it, one that spans reads is joined once from
+the pieces (a list, as in :mod:`trio_mc.protocol.parser`, so a 1 MB value is not quadratic).
+
+Anything that does not fit, a reply nobody asked for, a line over :data:`LINE_LIMIT`, a bad
+``VALUE`` length, a data block not ending in ``\\r\\n``, gives one :class:`BadResponse`, after
+which the reader is ``broken`` and ignores its input: the stream can no longer be framed,
+and twemproxy then closes the server connection (``SERVER_ERROR Invalid argument`` to every
+request pending on it).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from trio_mc.protocol import replies
+from trio_mc.protocol.parser import KEY_MAX_LENGTH
+
+# -- what a request expects back (plain ints: the proxy passes one per request) ----------------
+STORAGE = 1  # set/add/replace/append/prepend/cas
+RETRIEVAL = 2  # get/gets/gat/gats
+ARITH = 3  # incr/decr
+DELETE = 4
+TOUCH = 5
+VERSION = 6
+META = 7  # mg/ms/md/ma/mn/me
+
+#: :attr:`Response.status` of an incr/decr result (the other statuses are the wire words).
+NUMBER = b"NUMBER"
+#: Statuses that are errors, whatever the kind.
+ERRORS = frozenset({b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR"})
+
+#: A complete line (``\\r\\n`` included) longer than this is a bad response: memcached's
+#: longest is a ``VALUE`` line (a 250-byte key and three numbers) or a meta line with flags.
+LINE_LIMIT = 2048
+#: memcached refuses ``-I`` above 1 GB, so no value is longer.
+VALUE_LIMIT = 1024 * 1024 * 1024
+
+_CRLF = b"\r\n"
+
+
+@dataclass(slots=True)
+class Response:
+    """One complete reply.
+
+    ``status`` is the reply's first word as sent (``b"STORED"``, ``b"END"``, ``b"VA"``,
+    ``b"VERSION"``, ``b"SERVER_ERROR"``...), or :data:`NUMBER`.  ``raw`` is exactly what the
+    backend sent for it.  ``spans`` (retrievals) are the ``(start, end)`` offsets in ``raw``
+    of each ``VALUE`` block, header and data with their ``\\r\\n``; a retrieval cut short
+    by an error keeps the blocks sent before it.  Offsets rather than views: most replies
+    are forwarded whole, so the views are made only when asked for (:attr:`values`).
+    """
+
+    kind: int
+    status: bytes
+    raw: bytes
+    spans: Sequence[tuple[int, int]] = ()
+
+    @property
+    def end(self) -> bool:
+        """Whether a retrieval ended with ``END`` (what a multi-get fragment must do)."""
+        return self.status == b"END"
+
+    @property
+    def values(self) -> list[memoryview]:
+        """Each ``VALUE`` block, a view into ``raw`` (what a multi-get merge copies out)."""
+        view = memoryview(self.raw)
+        return [view[a:b] for a, b in self.spans]
+
+
+@dataclass(slots=True)
+class BadResponse:
+    """Bytes that cannot be a reply to what was expected (``kind``; ``None``: nothing was)."""
+
+    kind: int | None
+    reason: str
+
+
+# A line reader gets the line without its "\r\n" and returns (status, data block length) --
+# a length of -1: the response ends with this line; 0 or more: a data block of that many
+# bytes (plus "\r\n") follows -- or None when the line does not fit the kind.
+_Line = tuple[bytes, int] | None
+
+
+def _error_line(line: bytes) -> _Line:
+    """``ERROR``, ``CLIENT_ERROR <msg>``, ``SERVER_ERROR <msg>``: possible after any request."""
+    word = line.split(b" ", 1)[0]
+    if word in ERRORS:
+        return word, -1
+    return None
+
+
+def _value_line(line: bytes) -> _Line:
+    """``VALUE <key> <flags> <bytes> [<cas>]`` (retrieval; ``END`` is in the fixed table)."""
+    tokens = line.split(b" ")
+    if len(tokens) not in (4, 5) or tokens[0] != b"VALUE":
+        return _error_line(line)
+    key, flags, nbytes = tokens[1], tokens[2], tokens[3]
+    if not 0 < len(key) <= KEY_MAX_LENGTH or not flags.isdigit() or not nbytes.isdigit() \
+            or (len(tokens) == 5 and not tokens[4].isdigit()):
+        return None
+    size = int(nbytes)
+    return (b"VALUE", size) if size <= VALUE_LIMIT else None
+
+
+def _number_line(line: bytes) -> _Line:
+    """An incr/decr result: digits, which twemproxy also accepts followed by spaces."""
+    if line.rstrip(b" ").isdigit():
+        return NUMBER, -1
+    return _error_line(line)
+
+
+def _version_line(line: bytes) -> _Line:
+    if line.startswith(b"VERSION "):
+        return b"VERSION", -1
+    return _error_line(line)
+
+
+_META_CODES = frozenset({b"HD", b"EN", b"NF", b"NS", b"EX", b"MN", b"ME"})
+
+
+def _meta_line(line: bytes) -> _Line:
+    """``VA <size> <flags>*`` (a data block follows) or ``HD|EN|NF|NS|EX|MN|ME [...]``."""
+    code = line[:2]
+    if len(line) > 2 and line[2] != 0x20:
+        return _error_line(line)
+    if code == b"VA":
+        size = line[3:].split(b" ", 1)[0]
+        if size.isdigit() and int(size) <= VALUE_LIMIT:
+            return b"VA", int(size)
+        return None
+    if code in _META_CODES:
+        return code, -1
+    return _error_line(line)
+
+
+def _fixed(*lines: bytes) -> dict[bytes, tuple[bytes, bytes]]:
+    """Line without ``\\r\\n`` -> (status, the reply constant to use as ``raw``)."""
+    return {line[:-2]: (line[:-2], line) for line in (*lines, replies.ERROR)}
+
+
+# Kind -> the exact lines that end a reply on their own (the fast path: one dict lookup).
+_FIXED: dict[int, dict[bytes, tuple[bytes, bytes]]] = {
+    STORAGE: _fixed(replies.STORED, replies.NOT_STORED, replies.EXISTS, replies.NOT_FOUND),
+    RETRIEVAL: _fixed(replies.END),
+    ARITH: _fixed(replies.NOT_FOUND),
+    DELETE: _fixed(replies.DELETED, replies.NOT_FOUND),
+    TOUCH: _fixed(replies.TOUCHED, replies.NOT_FOUND),
+    VERSION: _fixed(),
+    META: _fixed(replies.MN, replies.EN, b"HD\r\n", b"NF\r\n", b"NS\r\n", b"EX\r\n"),
+}
+# Kind -> how any other line is read.
+_READERS: dict[int, Callable[[bytes], _Line]] = {
+    STORAGE: _error_line,
+    RETRIEVAL: _value_line,
+    ARITH: _number_line,
+    DELETE: _error_line,
+    TOUCH: _error_line,
+    VERSION: _version_line,
+    META: _meta_line,
+}
+
+
+class ResponseReader:
+    """Turns a backend's byte stream into :class:`Response` objects, given what to expect.
+
+    Args:
+      line_limit: the longest line accepted, ``\\r\\n`` included.
+
+    The queue of expected kinds is bounded by the caller: it holds one entry per request
+    in flight, which the proxy's omsg_q already bounds.
+    """
+
+    __slots__ = (
+        "_block_at", "_expected", "_have", "_kind", "_line", "_need", "_parts", "_spans",
+        "broken", "line_limit",
+    )
+
+    def __init__(self, *, line_limit: int = LINE_LIMIT) -> None:
+        self.line_limit = line_limit
+        self._expected: deque[int] = deque()
+        self._kind = 0  # kind of the response being read; 0 between responses
+        self._line = b""  # head of a line still unterminated at the end of the last read
+        # The current response's bytes from earlier reads (before the carried line head).
+        self._parts: list[bytes | memoryview] = []
+        self._have = 0  # their total length
+        self._need = 0  # bytes of a data block still to come
+        self._spans: list[tuple[int, int]] = []  # VALUE blocks: (start, end) in the response
+        self._block_at = 0  # where the block being read starts in the response
+        self.broken = False  # after a bad response: the stream cannot be framed any more
+
+    def expect(self, kind: int) -> None:
+        """Queue the kind of the reply to the next request sent (before sending it, so
+        the reply cannot arrive first)."""
+        self._expected.append(kind)
+
+    @property
+    def pending(self) -> int:
+        """Replies expected and not yet complete (the one being read included)."""
+        return len(self._expected) + (self._kind != 0)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete response."""
+        return self._have + len(self._line)
+
+    def feed(self, data: bytes) -> list[Response | BadResponse]:
+        """Add the bytes of one read; return every response completed by them, in order."""
+        out: list[Response | BadResponse] = []
+        if self.broken or not data:
+            return out
+        pos = 0
+        if self._need:
+            pos = self._finish_block(data, out)
+            if pos < 0:
+                return out
+        if self._line:
+            data = self._line + data
+            self._line = b""
+        buf = data
+        end_of_buf = len(buf)
+        start = 0  # where the current response starts in buf (0: it began in an earlier read)
+        limit = self.line_limit
+        expected = self._expected
+        while pos < end_of_buf:
+            kind = self._kind
+            if not kind:
+                if not expected:
+                    return self._bad(out, None, "a reply nobody asked for")
+                kind = self._kind = expected.popleft()
+                start = pos
+            nl = buf.find(b"\n", pos)
+            if nl < 0:
+                if end_of_buf - pos >= limit:
+                    return self._bad(out, kind, "line too long")
+                self._spill(buf, start, pos)
+                self._line = buf[pos:]
+                return out
+            if nl - pos + 1 > limit:
+                return self._bad(out, kind, "line too long")
+            if nl == pos or buf[nl - 1] != 13:
+                return self._bad(out, kind, "line not ending in \\r\\n")
+            line = buf[pos:nl - 1]
+            fixed = _FIXED[kind].get(line)
+            if fixed is not None:
+                status, raw = fixed
+                pos = nl + 1
+                if self._parts or self._spans:  # the END of a retrieval with values
+                    out.append(self._complete(buf, start, pos, status))
+                else:
+                    out.append(Response(kind, status, raw))
+                    self._kind = 0
+                continue
+            read = _READERS[kind](line)
+            if read is None:
+                return self._bad(out, kind, "unexpected reply line")
+            status, size = read
+            if size < 0:
+                pos = nl + 1
+                out.append(self._complete(buf, start, pos, status))
+                continue
+            block_end = nl + 1 + size + 2
+            self._block_at = self._have + pos - start
+            if block_end > end_of_buf:
+                self._spill(buf, start, end_of_buf)
+                self._need = block_end - end_of_buf
+                return out
+            if not buf.startswith(_CRLF, block_end - 2):
+                return self._bad(out, kind, "data block not ending in \\r\\n")
+            pos = block_end
+            if kind == META:
+                out.append(self._complete(buf, start, pos, status))
+            else:
+                self._spans.append((self._block_at, self._have + pos - start))
+        if self._kind:  # a retrieval whose last block ended this read: END is still to come
+            self._spill(buf, start, end_of_buf)
+        return out
+
+    def _finish_block(self, data: bytes, out: list[Response | BadResponse]) -> int:
+        """Continue a data block begun in an earlier read: where it ends in ``data``, or -1
+        when it is still incomplete (or bad)."""
+        need = self._need
+        if len(data) < need:
+            self._parts.append(data)
+            self._have += len(data)
+            self._need -= len(data)
+            return -1
+        self._need = 0
+        if need >= 2:
+            ok = data.startswith(_CRLF, need - 2)
+        else:  # the "\r" came in the last read
+            last = self._parts[-1]
+            ok = data[0] == 10 and last[len(last) - 1] == 13
+        if not ok:
+            self._bad(out, self._kind, "data block not ending in \\r\\n")
+            return -1
+        if self._kind == META:
+            out.append(self._complete(data, 0, need, b"VA"))
+        else:
+            self._spans.append((self._block_at, self._have + need))
+        return need
+
+    def _spill(self, buf: bytes, start: int, end: int) -> None:
+        """Keep ``buf[start:end]``, the current response's bytes so far, for a later read."""
+        if end > start:
+            self._parts.append(memoryview(buf)[start:end])
+            self._have += end - start
+
+    def _complete(self, buf: bytes, start: int, end: int, status: bytes) -> Response:
+        """The response ending at ``buf[end]``, copied once (a slice, or one join)."""
+        kind = self._kind
+        self._kind = 0
+        if self._parts:
+            self._parts.append(memoryview(buf)[start:end])
+            raw = b"".join(self._parts)
+            self._parts = []
+            self._have = 0
+        else:
+            raw = buf[start:end]
+        spans = self._spans
+        if not spans:
+            return Response(kind, status, raw)
+        self._spans = []
+        return Response(kind, status, raw, spans)
+
+    def _bad(self, out: list[Response | BadResponse], kind: int | None,
+             reason: str) -> list[Response | BadResponse]:
+        out.append(BadResponse(kind, reason))
+        self.broken = True
+        self._kind = 0
+        self._line = b""
+        self._parts = []
+        self._have = 0
+        self._need = 0
+        self._spans = []
+        return out
