@@ -15,7 +15,7 @@ from test_process import _ask
 
 from trio_mc.protocol import requests as rq
 from trio_mc.protocol import responses as rs
-from trio_mc.protocol.commands import StoreMode
+from trio_mc import modes
 from trio_mc.protocol.responses import BadResponse, Response, ResponseReader
 
 Result = Response | BadResponse
@@ -327,24 +327,24 @@ def _requests() -> list[tuple[bytes, int, bytes | None]]:
     big = b"v" * 500_000
     j = b"".join
     return [
-        (j(rq.storage(StoreMode.SET, b"a", 5, 0, b"hello")), rs.STORAGE, b"STORED"),
-        (j(rq.storage(StoreMode.ADD, b"a", 0, 0, b"x")), rs.STORAGE, b"NOT_STORED"),
-        (j(rq.storage(StoreMode.REPLACE, b"nope", 0, 0, b"x")), rs.STORAGE, b"NOT_STORED"),
-        (j(rq.storage(StoreMode.APPEND, b"a", 0, 0, b"!")), rs.STORAGE, b"STORED"),
-        (j(rq.storage(StoreMode.PREPEND, b"a", 0, 0, b"<")), rs.STORAGE, b"STORED"),
-        (j(rq.storage(StoreMode.CAS, b"a", 0, 0, b"y", cas=999999)), rs.STORAGE, b"EXISTS"),
-        (j(rq.storage(StoreMode.CAS, b"nope", 0, 0, b"y", cas=1)), rs.STORAGE, b"NOT_FOUND"),
-        (j(rq.storage(StoreMode.SET, b"q", 0, 0, b"z", noreply=True)), rs.STORAGE, None),
-        (j(rq.storage(StoreMode.SET, b"bin", 1, 0, b"\r\nEND\r\n\x00")), rs.STORAGE, b"STORED"),
-        (j(rq.storage(StoreMode.SET, b"big", 0, 0, big)), rs.STORAGE, b"STORED"),
-        (j(rq.storage(StoreMode.SET, b"huge", 0, 0, big * 3)), rs.STORAGE, b"SERVER_ERROR"),
+        (j(rq.storage(modes.SET, b"a", 5, 0, b"hello")), rs.STORAGE, b"STORED"),
+        (j(rq.storage(modes.ADD, b"a", 0, 0, b"x")), rs.STORAGE, b"NOT_STORED"),
+        (j(rq.storage(modes.REPLACE, b"nope", 0, 0, b"x")), rs.STORAGE, b"NOT_STORED"),
+        (j(rq.storage(modes.APPEND, b"a", 0, 0, b"!")), rs.STORAGE, b"STORED"),
+        (j(rq.storage(modes.PREPEND, b"a", 0, 0, b"<")), rs.STORAGE, b"STORED"),
+        (j(rq.storage(modes.CAS, b"a", 0, 0, b"y", cas=999999)), rs.STORAGE, b"EXISTS"),
+        (j(rq.storage(modes.CAS, b"nope", 0, 0, b"y", cas=1)), rs.STORAGE, b"NOT_FOUND"),
+        (j(rq.storage(modes.SET, b"q", 0, 0, b"z", noreply=True)), rs.STORAGE, None),
+        (j(rq.storage(modes.SET, b"bin", 1, 0, b"\r\nEND\r\n\x00")), rs.STORAGE, b"STORED"),
+        (j(rq.storage(modes.SET, b"big", 0, 0, big)), rs.STORAGE, b"STORED"),
+        (j(rq.storage(modes.SET, b"huge", 0, 0, big * 3)), rs.STORAGE, b"SERVER_ERROR"),
         (rq.retrieval([b"a", b"nope", b"bin", b"a"]), rs.RETRIEVAL, b"END"),
         (rq.retrieval([b"a", b"big"], with_cas=True), rs.RETRIEVAL, b"END"),
         (rq.retrieval([b"nope"]), rs.RETRIEVAL, b"END"),
         (rq.retrieval([b"a"], exptime=100), rs.RETRIEVAL, b"END"),
         (rq.retrieval([b"a"], with_cas=True, exptime=0), rs.RETRIEVAL, b"END"),
         (rq.retrieval([b"a", b"k" * 251]), rs.RETRIEVAL, b"CLIENT_ERROR"),
-        (j(rq.storage(StoreMode.SET, b"n", 0, 0, b"41")), rs.STORAGE, b"STORED"),
+        (j(rq.storage(modes.SET, b"n", 0, 0, b"41")), rs.STORAGE, b"STORED"),
         (rq.arith(b"n", True, 1), rs.ARITH, rs.NUMBER),
         (rq.arith(b"n", False, 100), rs.ARITH, rs.NUMBER),
         (rq.arith(b"nope", True, 1), rs.ARITH, b"NOT_FOUND"),
@@ -396,7 +396,7 @@ def test_memcached_multiget_blocks(memcached: ServerProcess) -> None:
     """A multi-get merge needs each VALUE block as memcached framed it."""
     with socket.create_connection(("127.0.0.1", memcached.port), timeout=5) as sock:
         for key in (b"x1", b"x2"):
-            assert _exchange(sock, b"".join(rq.storage(StoreMode.SET, key, 9, 0, key * 3))) \
+            assert _exchange(sock, b"".join(rq.storage(modes.SET, key, 9, 0, key * 3))) \
                 == b"STORED\r\n"
         reply = _exchange(sock, rq.retrieval([b"x1", b"missing", b"x2"], with_cas=True))
     r = one(rs.RETRIEVAL, reply)

@@ -10,3 +10,6 @@ REPLACE = 3
 APPEND = 4
 PREPEND = 5
 CAS = 6
+
+#: The text protocol's command name of each mode.
+NAMES = {ADD: b"add", SET: b"set", REPLACE: b"replace", APPEND: b"append", PREPEND: b"prepend", CAS: b"cas"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trio_mc import modes
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol.base64 import encode as b64encode
 
@@ -22,9 +23,9 @@ MN = b"mn\r\n"
 
 _CRLF = b"\r\n"
 _NOREPLY = b" noreply\r\n"
-_STORE_NAMES = {mode: mode.name.lower().encode() for mode in cmd.StoreMode}
 
 Piece = bytes | memoryview
+_META_NAMES = {cmd.MetaGet: b"mg", cmd.MetaDelete: b"md", cmd.MetaArith: b"ma"}
 
 
 def retrieval(keys: Sequence[bytes], with_cas: bool = False, exptime: int | None = None) -> bytes:
@@ -38,16 +39,16 @@ def retrieval(keys: Sequence[bytes], with_cas: bool = False, exptime: int | None
     return b"%b %b\r\n" % (name, b" ".join(keys))
 
 
-def storage_line(mode: cmd.StoreMode, key: bytes, flags: int, exptime: int, nbytes: int,
+def storage_line(mode: int, key: bytes, flags: int, exptime: int, nbytes: int,
                  cas: int = 0, noreply: bool = False) -> bytes:
     """The command line of set/add/replace/append/prepend/cas (``cas`` only for CAS)."""
-    line = b"%b %b %d %d %d" % (_STORE_NAMES[mode], key, flags, exptime, nbytes)
-    if mode is cmd.StoreMode.CAS:
+    line = b"%b %b %d %d %d" % (modes.NAMES[mode], key, flags, exptime, nbytes)
+    if mode == modes.CAS:
         line += b" %d" % cas
     return line + (_NOREPLY if noreply else _CRLF)
 
 
-def storage(mode: cmd.StoreMode, key: bytes, flags: int, exptime: int, value: Piece,
+def storage(mode: int, key: bytes, flags: int, exptime: int, value: Piece,
             cas: int = 0, noreply: bool = False) -> list[Piece]:
     """A storage command and its data block (``value`` without its ``\\r\\n``)."""
     return [storage_line(mode, key, flags, exptime, len(value), cas, noreply), value, _CRLF]
@@ -91,6 +92,8 @@ def write(command: cmd.Command) -> list[Piece]:
     (``\\r\\n`` included), not copied.
     """
     match command:
+        case bytes():
+            return [retrieval([command])]
         case cmd.Get(keys, with_cas, exptime):
             return [retrieval(keys, with_cas, exptime)]
         case cmd.Store(mode, key, flags, exptime, data, cas, noreply):
@@ -103,10 +106,10 @@ def write(command: cmd.Command) -> list[Piece]:
             return [touch(key, exptime, noreply)]
         case cmd.Version():
             return [VERSION]
-        case cmd.Meta(op, key, tokens, binary, data=data):
-            name = b"m%c" % op
+        case cmd.MetaSet(key, tokens, binary, data=data):
             wire_key = b64encode(key) if binary else key
-            if data is None:
-                return [meta_line(name, wire_key, tokens)]
-            return [meta_line(name, wire_key, [b"%d" % (len(data) - 2), *tokens]), data]
+            return [meta_line(b"ms", wire_key, [b"%d" % (len(data) - 2), *tokens]), data]
+        case cmd.MetaGet() | cmd.MetaDelete() | cmd.MetaArith():
+            wire_key = b64encode(command.key) if command.binary else command.key
+            return [meta_line(_META_NAMES[command.__class__], wire_key, command.tokens)]
     raise ValueError(f"not a forwardable command: {command!r}")

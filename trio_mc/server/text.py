@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from trio_mc import MEMCACHED_VERSION
-from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
+from trio_mc import modes
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
 from trio_mc.server import stats
@@ -106,7 +106,6 @@ _LOG_STATUS = {
     StoreResult.STORED: b"stored", StoreResult.NOT_STORED: b"not_stored", StoreResult.EXISTS: b"exists",
     StoreResult.NOT_FOUND: b"not_found", StoreResult.NO_MEMORY: b"no_memory",
 }
-_LOG_CMD = {ADD: b"add", SET: b"set", REPLACE: b"replace", APPEND: b"append", PREPEND: b"prepend", CAS: b"cas"}
 
 
 def _log_store(s: Session, key: bytes, mode: int, result: int, exptime: int, flags: int,
@@ -118,7 +117,7 @@ def _log_store(s: Session, key: bytes, mode: int, result: int, exptime: int, fla
         logger.log(b"mutations", b"type=item_get key=%b status=not_found clsid=0 cfd=%d size=0" % (
             uriencode(key), s.fd))
         logger.log(b"mutations", b"type=item_store key=%b status=%b cmd=%b ttl=%d clsid=%d cfd=%d size=%d" % (
-            uriencode(key), _LOG_STATUS[result], _LOG_CMD[mode], max(exptime, 0), clsid, s.fd,
+            uriencode(key), _LOG_STATUS[result], modes.NAMES[mode], max(exptime, 0), clsid, s.fd,
             len(data) - 2))
 
 
