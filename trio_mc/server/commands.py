@@ -21,7 +21,10 @@ from trio_mc.numbers import safe_strtol, safe_strtoll, safe_strtoul
 from trio_mc.server import stats
 from trio_mc.server.logger import Watcher, uriencode
 from trio_mc.sizes import item_total_size
-from trio_mc.store.store import ADD, APPEND, CAS, PREPEND, REPLACE, SET, DeltaResult, StoreResult
+from trio_mc.store.results import (
+    TTL_RECACHE, TTL_REPORT, TTL_SET, TTL_VIVIFY, DeleteResult, DeltaResult, ReassignResult, StoreResult,
+)
+from trio_mc.store.store import ADD, APPEND, CAS, PREPEND, REPLACE, SET
 
 if TYPE_CHECKING:
     from trio_mc.server.conn import Conn
@@ -97,7 +100,7 @@ _LOG_STATUS = {
 _LOG_CMD = {ADD: b"add", SET: b"set", REPLACE: b"replace", APPEND: b"append", PREPEND: b"prepend", CAS: b"cas"}
 
 
-def _log_store(conn: Conn, key: bytes, mode: int, result: StoreResult, exptime: int, flags: int,
+def _log_store(conn: Conn, key: bytes, mode: int, result: int, exptime: int, flags: int,
                data: bytes) -> None:
     """``watch mutations`` lines for a storage command: its lookup, then the store."""
     logger = conn.server.logger
@@ -139,7 +142,7 @@ def do_delete(c: cmd.Delete, conn: Conn, out: list[Any]) -> None:
 def do_arith(c: cmd.Arith, conn: Conn, out: list[Any]) -> None:
     result, value = conn.store.delta(c.key, c.incr, c.delta)
     if not c.noreply:
-        out.append(replies.number(value) if result is DeltaResult.OK else _DELTA_ERRORS[result])
+        out.append(replies.number(value) if result == DeltaResult.OK else _DELTA_ERRORS[result])
 
 
 def do_touch(c: cmd.Touch, conn: Conn, out: list[Any]) -> None:
@@ -236,10 +239,10 @@ def do_admin(c: cmd.Admin, conn: Conn, out: list[Any]) -> None:
 
 
 _REASSIGN = {
-    "OK": replies.OK,
-    "BADCLASS": b"BADCLASS invalid src or dst class id\r\n",
-    "NOSPARE": b"NOSPARE source class has no spare pages\r\n",
-    "SAME": b"SAME src and dst class are identical\r\n",
+    ReassignResult.OK: replies.OK,
+    ReassignResult.BADCLASS: b"BADCLASS invalid src or dst class id\r\n",
+    ReassignResult.NOSPARE: b"NOSPARE source class has no spare pages\r\n",
+    ReassignResult.SAME: b"SAME src and dst class are identical\r\n",
 }
 
 
@@ -399,7 +402,8 @@ HANDLERS: dict[type, Callable[[Any, Conn, list[Any]], None]] = {
 
 # -- meta commands -----------------------------------------------------------------------------
 
-_TTL_FLAGS = frozenset(b"TNRt")
+_TTL_FLAGS = {ord("T"): TTL_SET, ord("N"): TTL_VIVIFY, ord("R"): TTL_RECACHE, ord("t"): TTL_REPORT}
+_DELETE_CODES = {DeleteResult.DELETED: b"HD", DeleteResult.NOT_FOUND: b"NF", DeleteResult.EXISTS: b"EX"}
 _STORE_MODES = {0: SET, ord("S"): SET, ord("E"): ADD, ord("A"): APPEND, ord("P"): PREPEND,
                 ord("R"): REPLACE}
 _META_STORE_CODES = {
@@ -410,8 +414,8 @@ _META_STORE_CODES = {
 
 def _ttl_ops(c: cmd.Meta) -> list[tuple[int, int]]:
     """T, N, R and t in request order, with their parsed tokens."""
-    values = {0x54: c.ttl, 0x4E: c.vivify, 0x52: c.recache}
-    return [(t[0], values.get(t[0]) or 0) for t in c.tokens if t[0] in _TTL_FLAGS]
+    values = {TTL_SET: c.ttl, TTL_VIVIFY: c.vivify, TTL_RECACHE: c.recache}
+    return [(_TTL_FLAGS[t[0]], values.get(_TTL_FLAGS[t[0]]) or 0) for t in c.tokens if t[0] in _TTL_FLAGS]
 
 
 def do_meta(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
@@ -469,13 +473,13 @@ def _meta_set(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
         mode, c.key, c.client_flags, c.ttl or 0, c.data, c.compare_cas or 0,
         stale=c.stale, binary=c.binary, new_cas=c.new_cas, vivify=c.vivify,
     )
-    if result is StoreResult.NO_MEMORY:
+    if result == StoreResult.NO_MEMORY:
         out.append(replies.SERVER_ERROR_NO_MEMORY)
         return
-    if result is StoreResult.STORED and c.quiet:
+    if result == StoreResult.STORED and c.quiet:
         return
     values = {0x63: b"%d" % cas}
-    if result is StoreResult.STORED:
+    if result == StoreResult.STORED:
         values[0x73] = b"%d" % size
     out.append(_META_STORE_CODES[result] + replies.meta_flags(c.tokens, values, c.key, c.binary) + b"\r\n")
 
@@ -485,9 +489,9 @@ def _meta_delete(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
         conn.server.prefix_stats.record_delete(c.key)
     code = conn.store.meta_delete(c.key, compare_cas=c.compare_cas, stale=c.stale, ttl=c.ttl,
                                   drop_value=c.drop_value, new_cas=c.new_cas)
-    if code == "HD" and c.quiet:
+    if code == DeleteResult.DELETED and c.quiet:
         return
-    out.append(code.encode() + replies.meta_flags(c.tokens, {}, c.key, c.binary) + b"\r\n")
+    out.append(_DELETE_CODES[code] + replies.meta_flags(c.tokens, {}, c.key, c.binary) + b"\r\n")
 
 
 def _meta_arith(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
@@ -496,20 +500,20 @@ def _meta_arith(c: cmd.Meta, conn: Conn, out: list[Any]) -> None:
         c.key, incr, c.delta, _ttl_ops(c), compare_cas=c.compare_cas,
         vivify=c.vivify is not None, initial=c.initial, binary=c.binary, new_cas=c.new_cas,
     )
-    if result is DeltaResult.NON_NUMERIC:
+    if result == DeltaResult.NON_NUMERIC:
         out.append(replies.CLIENT_ERROR_NON_NUMERIC)
         return
-    if result is DeltaResult.NO_MEMORY:
+    if result == DeltaResult.NO_MEMORY:
         out.append(replies.SERVER_ERROR_OOM)
         return
     if c.late_error:
         out.append(c.late_error)
         return
     flags = replies.meta_flags
-    if result is DeltaResult.NOT_FOUND:
+    if result == DeltaResult.NOT_FOUND:
         out.append(b"NF" + flags(c.tokens, {}, c.key, c.binary) + b"\r\n")
         return
-    if result is DeltaResult.CAS_MISMATCH:
+    if result == DeltaResult.CAS_MISMATCH:
         out.append(b"EX" + flags(c.tokens, {}, c.key, c.binary) + b"\r\n")
         return
     if c.quiet and not created:
@@ -612,11 +616,11 @@ def _bin_store(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]
     if c.cas and not appending:
         mode = CAS
     result, cas, _ = conn.store.store(mode, c.key, flags, exptime, c.value + b"\r\n", c.cas)
-    if result is StoreResult.STORED:
+    if result == StoreResult.STORED:
         if not quiet:
             out += bp.response(c.opcode, c.opaque, cas=cas)
         return True
-    if result is StoreResult.NOT_STORED:
+    if result == StoreResult.NOT_STORED:
         status = {ADD: bp.KEY_EEXISTS, REPLACE: bp.KEY_ENOENT}.get(mode, bp.NOT_STORED)
     else:
         status = {StoreResult.EXISTS: bp.KEY_EEXISTS, StoreResult.NOT_FOUND: bp.KEY_ENOENT,
@@ -630,11 +634,11 @@ def _bin_delete(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any
         return False
     code = conn.store.meta_delete(c.key, compare_cas=c.cas or None, stale=False, ttl=None,
                                   drop_value=False, new_cas=None)
-    if code == "HD":
+    if code == DeleteResult.DELETED:
         if not quiet:
             out += bp.response(c.opcode, c.opaque)
     else:
-        out += bp.error(c.opcode, c.opaque, bp.KEY_ENOENT if code == "NF" else bp.KEY_EEXISTS)
+        out += bp.error(c.opcode, c.opaque, bp.KEY_ENOENT if code == DeleteResult.NOT_FOUND else bp.KEY_EEXISTS)
     return True
 
 
@@ -644,10 +648,10 @@ def _bin_arith(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]
     delta, initial, exptime = struct.unpack(">QQI", c.extras)
     create = exptime != 0xFFFFFFFF  # all ones: do not create a missing counter
     result, value, cas, _, _ = conn.store.meta_arith(
-        c.key, base == bp.INCREMENT, delta, [(ord("N"), exptime)] if create else [],
+        c.key, base == bp.INCREMENT, delta, [(TTL_VIVIFY, exptime)] if create else [],
         compare_cas=c.cas or None, vivify=create, initial=initial, binary=False, new_cas=None,
     )
-    if result is DeltaResult.OK:
+    if result == DeltaResult.OK:
         if not quiet:
             out += bp.response(c.opcode, c.opaque, cas=cas, value=struct.pack(">Q", value))
         return True

@@ -31,6 +31,7 @@ from trio_mc.store.items import (
     unpack_header,
 )
 from trio_mc.store.memory import Memory
+from trio_mc.store.results import ReassignResult
 
 #: memcached's ITEM_UPDATE_INTERVAL: a read refreshes an item's time at most this often.
 ITEM_UPDATE_INTERVAL = 60
@@ -196,11 +197,11 @@ class Maintainer(Memory):
                             bool(iflags & FETCHED), self.slabs.clsid(size), size))
         return out
 
-    def reassign(self, src: int, dst: int) -> str:
+    def reassign(self, src: int, dst: int) -> int:
         """``slabs reassign``: move one page from class ``src`` (-1: any with a spare page)
         to class ``dst`` (0: the global pool), evicting what the page held.
 
-        Returns memcached's answer: OK, BADCLASS, NOSPARE or SAME.
+        Returns a :class:`~.results.ReassignResult`.
         """
         nclasses = len(self.slabs.sizes)
         with self.lock:
@@ -208,14 +209,14 @@ class Maintainer(Memory):
             if src == -1:
                 spare = [c for c in range(1, nclasses + 1) if c != dst and lru.pages[c] > 1]
                 if not spare:
-                    return "NOSPARE"
+                    return ReassignResult.NOSPARE
                 src = max(spare, key=lambda c: lru.pages[c])
             if not 1 <= src <= nclasses or not 0 <= dst <= nclasses:
-                return "BADCLASS"
+                return ReassignResult.BADCLASS
             if src == dst:
-                return "SAME"
+                return ReassignResult.SAME
             if lru.pages[src] < 2:
-                return "NOSPARE"
+                return ReassignResult.NOSPARE
             lru.pages[src] -= 1
             if dst:
                 lru.pages[dst] += 1
@@ -225,7 +226,7 @@ class Maintainer(Memory):
             now = self.clock.now()
             while lru.over(src) and self._evict_one(src, now):
                 pass
-            return "OK"
+            return ReassignResult.OK
 
     def class_age(self, clsid: int, seg: int = COLD) -> int:
         """Seconds since the oldest item of a class's segment was used (``stats items``)."""

@@ -164,7 +164,7 @@ class Memory(Table):
             self.maxbytes = self.lru.maxbytes = maxbytes
             self._make_room(0, self.clock.now(), None)
 
-    def _out_of_memory(self, mode: int, key: bytes) -> StoreResult:
+    def _out_of_memory(self, mode: int, key: bytes) -> int:
         self.stats.store_no_memory += 1
         if mode == SET:
             self._drop(key)

@@ -19,7 +19,9 @@ from trio_mc.store.items import (
     unpack_header,
 )
 from trio_mc.store.maintainer import Maintainer
-from trio_mc.store.results import DeltaResult, MetaItem
+from trio_mc.store.results import (
+    TTL_RECACHE, TTL_REPORT, TTL_SET, TTL_VIVIFY, DeleteResult, DeltaResult, MetaItem,
+)
 
 _U64 = 1 << 64
 
@@ -29,23 +31,24 @@ class Meta(Maintainer):
 
     def _apply_ttl_ops(self, ops: list[tuple[int, int]], exptime: int, created: bool, now: int,
                        may_win: bool) -> tuple[int, int | None, bool]:
-        """Apply T, N and R in request order; ``t`` sees the TTL at its own position.
+        """Apply the ``TTL_*`` operations in request order; ``TTL_REPORT`` sees the TTL at its
+        own position.
 
-        Returns the final exptime, the remaining TTL ``t`` reported (``None`` if not asked
-        for; -1 for never; wrapped to 32 bits as memcached prints it) and whether R won.
+        Returns the final exptime, the remaining TTL ``TTL_REPORT`` saw (``None`` if not asked
+        for; -1 for never; wrapped to 32 bits as memcached prints it) and whether ``TTL_RECACHE`` won.
         """
         seen: int | None = None
         won = False
-        for flag, raw in ops:
-            if flag == 0x54:  # T
+        for op, raw in ops:
+            if op == TTL_SET:
                 exptime = self.realtime(raw)
-            elif flag == 0x4E:  # N
+            elif op == TTL_VIVIFY:
                 if created:
                     exptime = self.realtime(raw)
-            elif flag == 0x52:  # R
+            elif op == TTL_RECACHE:
                 if may_win and not created and exptime and exptime < self.realtime(raw):
                     won = True
-            elif flag == 0x74:  # t
+            elif op == TTL_REPORT:
                 seen = -1 if exptime == 0 else (exptime - now) & 0xFFFFFFFF
         return exptime, seen, won
 
@@ -53,7 +56,7 @@ class Meta(Maintainer):
                  touched: bool, binary: bool, new_cas: int | None, claim: bool = True) -> MetaItem | None:
         """mg: fetch, maybe create (N), apply T/R in order, hand out the recache token.
 
-        ``ops`` are the T, N, R and t flags in request order with their raw tokens.  With
+        ``ops`` are ``(TTL_* operation, client exptime)`` in request order (mg T, N, R, t).  With
         ``claim`` false (the command will answer an error) a won token is not recorded.
         """
         with self.lock:
@@ -69,7 +72,7 @@ class Meta(Maintainer):
                 return None
             flags, exptime, time, cas, iflags = unpack_header(record)
             exptime, ttl, won = self._apply_ttl_ops(ops, exptime, created, now, not iflags & TOKEN_SENT)
-            if created and any(flag == 0x4E for flag, _ in ops):
+            if created and any(op == TTL_VIVIFY for op, _ in ops):
                 won = True
             token_sent = bool(iflags & TOKEN_SENT)
             is_stale = bool(iflags & STALE)
@@ -89,18 +92,18 @@ class Meta(Maintainer):
             )
 
     def meta_delete(self, key: bytes, *, compare_cas: int | None, stale: bool, ttl: int | None,
-                    drop_value: bool, new_cas: int | None) -> str:
-        """md: delete, or with ``stale`` (I) keep the item marked stale; ``HD``/``NF``/``EX``."""
+                    drop_value: bool, new_cas: int | None) -> int:
+        """md: delete, or with ``stale`` (I) keep the item marked stale; a :class:`DeleteResult`."""
         with self.lock:
             now = self.clock.now()
             record = self._find(key, now)
             if record is None:
                 self.stats.delete_misses += 1
-                return "NF"
+                return DeleteResult.NOT_FOUND
             flags, exptime, time, cas, iflags = unpack_header(record)
             if compare_cas is not None and cas != compare_cas:
                 self.stats.delete_misses += 1
-                return "EX"
+                return DeleteResult.EXISTS
             if stale or drop_value:
                 if stale:
                     if ttl is not None:
@@ -109,14 +112,14 @@ class Meta(Maintainer):
                 new = pack_header(flags, exptime, time, self._cas_for(new_cas), iflags)
                 new += b"\r\n" if drop_value else record[HEADER_SIZE:]
                 self._link(key, record, new, now)
-                return "HD"
+                return DeleteResult.DELETED
             self.class_stats[self._clsid(key, flags, record)].delete_hits += 1
             self._unlink(key, record)
-            return "HD"
+            return DeleteResult.DELETED
 
     def meta_arith(self, key: bytes, incr: bool, delta: int, ops: list[tuple[int, int]], *,
                    compare_cas: int | None, vivify: bool, initial: int, binary: bool,
-                   new_cas: int | None) -> tuple[DeltaResult, int, int, int | None, bool]:
+                   new_cas: int | None) -> tuple[int, int, int, int | None, bool]:
         """ma: incr/decr, create on miss with ``initial`` (N), then T/N/t in request order.
 
         Returns the result, the value, the item's CAS, the ``t`` TTL and whether it was
@@ -126,7 +129,7 @@ class Meta(Maintainer):
             now = self.clock.now()
             result, value, record = self._delta(key, incr, delta, now, compare_cas, new_cas)
             created = False
-            if result is DeltaResult.NOT_FOUND:
+            if result == DeltaResult.NOT_FOUND:
                 if not vivify:
                     if incr:
                         self.stats.incr_misses += 1
@@ -160,7 +163,7 @@ class Meta(Maintainer):
                     self.slabs.clsid(size), size, bool(iflags & KEY_BINARY))
 
     def _delta(self, key: bytes, incr: bool, delta: int, now: int, compare_cas: int | None,
-               new_cas: int | None) -> tuple[DeltaResult, int, bytes | None]:
+               new_cas: int | None) -> tuple[int, int, bytes | None]:
         """The arithmetic shared by incr/decr and ma; returns the new record too."""
         record = self._find(key, now)
         if record is None:

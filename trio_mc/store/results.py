@@ -1,29 +1,60 @@
-"""What store operations return: memcached's result types, and what an mg hit reports."""
+"""What store operations return: memcached's result types as plain ints, and an mg hit.
+
+Results are small ints in namespaces (``StoreResult.STORED``), not ``enum.Enum`` members:
+the server maps them to reply bytes with a dict or a list lookup on every set, and hashing
+an Enum member costs a Python-level call that showed in profiles of the set path.  Compare
+them with ``==``.  The store never sees protocol bytes: the server turns these into
+``STORED``/``HD``/binary statuses, and passes meta TTL flags as the ``TTL_*`` operations.
+"""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
+from typing import Final
 
 
-class StoreResult(enum.Enum):
+class StoreResult:
     """memcached's ``store_item_type``."""
 
-    STORED = "STORED"
-    NOT_STORED = "NOT_STORED"
-    EXISTS = "EXISTS"
-    NOT_FOUND = "NOT_FOUND"
-    NO_MEMORY = "NO_MEMORY"
+    STORED: Final = 0
+    NOT_STORED: Final = 1
+    EXISTS: Final = 2
+    NOT_FOUND: Final = 3
+    NO_MEMORY: Final = 4
 
 
-class DeltaResult(enum.Enum):
+class DeltaResult:
     """memcached's ``delta_result_type``."""
 
-    OK = "OK"
-    NON_NUMERIC = "NON_NUMERIC"
-    NOT_FOUND = "NOT_FOUND"
-    NO_MEMORY = "NO_MEMORY"
-    CAS_MISMATCH = "CAS_MISMATCH"
+    OK: Final = 0
+    NON_NUMERIC: Final = 1
+    NOT_FOUND: Final = 2
+    NO_MEMORY: Final = 3
+    CAS_MISMATCH: Final = 4
+
+
+class DeleteResult:
+    """What a delete with a CAS check (md, binary delete) did."""
+
+    DELETED: Final = 0
+    NOT_FOUND: Final = 1
+    EXISTS: Final = 2  # the CAS did not match
+
+
+class ReassignResult:
+    """The outcomes of ``slabs reassign``, memcached's ``reassign_result_type``."""
+
+    OK: Final = 0
+    BADCLASS: Final = 1
+    NOSPARE: Final = 2
+    SAME: Final = 3
+
+
+# Meta TTL operations, applied in request order (the mg/ma flags T, N, R and t).
+TTL_SET: Final = 0  # T: set the TTL
+TTL_VIVIFY: Final = 1  # N: the TTL of an item created on a miss
+TTL_RECACHE: Final = 2  # R: win the recache token if the remaining TTL is below this
+TTL_REPORT: Final = 3  # t: report the remaining TTL at this point
 
 
 @dataclass(slots=True, frozen=True)

@@ -134,7 +134,7 @@ class Store(Meta):
         self, mode: int, key: bytes, flags: int, exptime: int, data: bytes, cas: int = 0, *,
         stale: bool = False, binary: bool = False, new_cas: int | None = None,
         vivify: int | None = None,
-    ) -> tuple[StoreResult, int, int]:
+    ) -> tuple[int, int, int]:
         """set/add/replace/append/prepend/cas and ms (memcached's ``do_store_item``).
 
         ``data`` is the value with its trailing ``\\r\\n``.  Meta extras: ``stale`` (ms I:
@@ -227,7 +227,7 @@ class Store(Meta):
         """touch: a read hit that also sets a new expiry."""
         return bool(self.get([key], exptime))
 
-    def delta(self, key: bytes, incr: bool, delta: int) -> tuple[DeltaResult, int]:
+    def delta(self, key: bytes, incr: bool, delta: int) -> tuple[int, int]:
         """incr/decr: incr wraps at 2**64, decr stops at 0 (memcached's ``do_add_delta``).
 
         A result no longer than the old value is written in place, padded with spaces, as
@@ -236,7 +236,7 @@ class Store(Meta):
         with self.lock:
             now = self.clock.now()
             result, value, _ = self._delta(key, incr, delta, now, None, None)
-            if result is DeltaResult.NOT_FOUND:
+            if result == DeltaResult.NOT_FOUND:
                 if incr:
                     self.stats.incr_misses += 1
                 else:
