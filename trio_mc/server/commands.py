@@ -20,7 +20,7 @@ from trio_mc.protocol import replies
 from trio_mc.numbers import safe_strtol, safe_strtoll, safe_strtoul
 from trio_mc.server import stats
 from trio_mc.server.logger import Watcher, uriencode
-from trio_mc.sizes import item_total_size
+from trio_mc.sizes import too_large
 from trio_mc.store.results import (
     TTL_RECACHE, TTL_REPORT, TTL_SET, TTL_VIVIFY, DeleteResult, DeltaResult, ReassignResult, StoreResult,
 )
@@ -89,7 +89,7 @@ def _record_gets(keys: list[bytes], hits: list[Any], conn: Conn) -> None:
             size = len(hit[3]) - 2 if hit else 0
             logger.log(b"fetchers", b"type=item_get key=%b status=%b clsid=%d cfd=%d size=%d" % (
                 uriencode(key), b"found" if hit else b"not_found",
-                conn.store.slabs.clsid(item_total_size(len(key), hit[1], size + 2, conn.settings.use_cas)) if hit else 0,
+                conn.store.item_clsid(len(key), hit[1], size + 2) if hit else 0,
                 conn.fd, size))
 
 
@@ -105,7 +105,7 @@ def _log_store(conn: Conn, key: bytes, mode: int, result: int, exptime: int, fla
     """``watch mutations`` lines for a storage command: its lookup, then the store."""
     logger = conn.server.logger
     if b"fetchers" in logger.kinds or b"mutations" in logger.kinds:
-        clsid = conn.store.slabs.clsid(item_total_size(len(key), flags, len(data), conn.settings.use_cas))
+        clsid = conn.store.item_clsid(len(key), flags, len(data))
         logger.log(b"mutations", b"type=item_get key=%b status=not_found clsid=0 cfd=%d size=0" % (
             uriencode(key), conn.fd))
         logger.log(b"mutations", b"type=item_store key=%b status=%b cmd=%b ttl=%d clsid=%d cfd=%d size=%d" % (
@@ -608,8 +608,8 @@ def _bin_store(c: cmd.Binary, base: int, quiet: bool, conn: Conn, out: list[Any]
         return False
     flags, exptime = (0, 0) if appending else struct.unpack(">II", c.extras)
     mode = _BIN_STORE_MODES[base]
-    if c.too_large or (not appending and item_total_size(
-            len(c.key), flags, len(c.value) + 2, conn.settings.use_cas) > conn.settings.item_size_max):
+    if c.too_large or (not appending and too_large(
+            len(c.key), flags, len(c.value) + 2, conn.settings.use_cas, conn.settings.item_size_max)):
         conn.store.too_large(SET, c.key)
         out += bp.error(c.opcode, c.opaque, bp.E2BIG)
         return True

@@ -16,19 +16,9 @@ from __future__ import annotations
 
 import itertools
 
-from trio_mc.sizes import item_total_size
-from trio_mc.store import items
 from trio_mc.store.items import (
-    ACTIVE,
-    COLD,
-    FETCHED,
-    HEADER_SIZE,
-    HOT,
-    SEG_MASK,
-    SEG_SHIFT,
-    TEMP,
-    WARM,
-    unpack_header,
+    ACTIVE, CLSID_AT, COLD, FETCHED, HEADER_SIZE, HOT, IFLAGS_AT, SEGMENT, TEMP, WARM, nbytes, unpack_header,
+    with_segment,
 )
 from trio_mc.store.memory import Memory
 from trio_mc.store.results import ReassignResult
@@ -55,7 +45,7 @@ class Maintainer(Memory):
         """memcached's asynchronous bump: a COLD item that just became ACTIVE moves to WARM
         (ACTIVE cleared), so it is not the next to go.  Returns the item flags to store."""
         if not (self.lru_segmented and new_iflags & ACTIVE and not iflags & ACTIVE
-                and (iflags & SEG_MASK) >> SEG_SHIFT == COLD):
+                and SEGMENT[iflags] == COLD):
             return new_iflags
         self.lru.orphan(key, clsid, COLD)
         self.lru.append(key, clsid, WARM)
@@ -63,7 +53,7 @@ class Maintainer(Memory):
         counts[COLD] -= 1
         counts[WARM] += 1
         self.class_stats[clsid].moves_to_warm += 1
-        return (new_iflags & ~(SEG_MASK | ACTIVE)) | (WARM << SEG_SHIFT)
+        return with_segment(new_iflags & ~ACTIVE, WARM)
 
     def _update_time(self, time: int, now: int) -> int:
         """``do_item_update``: the access time after a write-like touch of an item."""
@@ -81,8 +71,8 @@ class Maintainer(Memory):
 
     def _move(self, key: bytes, record: bytes, clsid: int, seg: int, to: int, iflags: int) -> None:
         """Put an item at the back of another segment of its class (ACTIVE cleared)."""
-        new_iflags = (iflags & ~(SEG_MASK | ACTIVE)) | (to << SEG_SHIFT)
-        self._items[key] = record[:HEADER_SIZE - 1] + bytes((new_iflags,)) + record[HEADER_SIZE:]
+        new_iflags = with_segment(iflags & ~ACTIVE, to)
+        self._items[key] = record[:IFLAGS_AT] + bytes((new_iflags,)) + record[HEADER_SIZE:]
         counts = self.lru.counts[clsid]
         counts[seg] -= 1
         counts[to] += 1
@@ -110,11 +100,11 @@ class Maintainer(Memory):
                 if entry is None:
                     break
                 key, record = entry
-                flags, exptime, time, cas, iflags = unpack_header(record)
+                _, exptime, time, cas, iflags = unpack_header(record)
                 if self._is_dead(exptime, time, cas, now):
                     del self._items[key]
                     self._account(key, record, -1)
-                    self._reclaim(key, record, iflags, flags)
+                    self._reclaim(record, iflags)
                 elif iflags & ACTIVE:
                     if seg == HOT:
                         cls.moves_to_warm += 1
@@ -156,10 +146,10 @@ class Maintainer(Memory):
             batch = list(itertools.islice(self._items.items(), self._crawl_pos, self._crawl_pos + limit))
             self._crawl_pos += limit
             for key, record in batch:
-                flags, exptime, time, cas, iflags = unpack_header(record)
+                _, exptime, time, cas, iflags = unpack_header(record)
                 if self._is_dead(exptime, time, cas, now):
                     self._unlink(key, record)
-                    self._reclaim(key, record, iflags, flags)
+                    self._reclaim(record, iflags)
                     reclaimed += 1
         return reclaimed
 
@@ -169,8 +159,8 @@ class Maintainer(Memory):
         with self.lock:
             now = self.clock.now()
             for key, record in list(self._items.items()):
-                flags, exptime, time, cas, _ = unpack_header(record)
-                clsid = self._clsid(key, flags, record)
+                _, exptime, time, cas, _ = unpack_header(record)
+                clsid = record[CLSID_AT]
                 if classes is not None and clsid not in classes:
                     continue
                 cls = self.class_stats[clsid]
@@ -192,9 +182,8 @@ class Maintainer(Memory):
                 flags, exptime, time, cas, iflags = unpack_header(record)
                 if self._is_dead(exptime, time, cas, now):
                     continue
-                size = item_total_size(len(key), flags, len(record) - HEADER_SIZE, self.use_cas)
                 out.append((key, exptime + started if exptime else -1, time + started, cas,
-                            bool(iflags & FETCHED), self.slabs.clsid(size), size))
+                            bool(iflags & FETCHED), record[CLSID_AT], self._ntotal(key, flags, record)))
         return out
 
     def reassign(self, src: int, dst: int) -> int:
@@ -244,7 +233,7 @@ class Maintainer(Memory):
                 flags, _, _, cas, _ = unpack_header(record)
                 if cas < cas_min:
                     continue
-                ntotal = item_total_size(len(key), flags, len(record) - HEADER_SIZE, self.use_cas)
+                ntotal = self._ntotal(key, flags, record)
                 bucket = -(-ntotal // 32) * 32
                 if bucket <= self.item_size_max:
                     hist[bucket] = hist.get(bucket, 0) + 1
@@ -256,10 +245,10 @@ class Maintainer(Memory):
         with self.lock:
             started = self.clock.process_started
             for key, record in self._items.items():
-                flags, exptime = unpack_header(record)[:2]
-                if self._clsid(key, flags, record) != clsid:
+                if record[CLSID_AT] != clsid:
                     continue
-                out.append((key, items.value_length(record), exptime + started if exptime else started))
+                exptime = unpack_header(record)[1]
+                out.append((key, nbytes(record) - 2, exptime + started if exptime else started))
                 if limit and len(out) >= limit:
                     break
         return out

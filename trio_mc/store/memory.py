@@ -16,19 +16,8 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from trio_mc.sizes import item_total_size
 from trio_mc.store.items import (
-    ACTIVE,
-    COLD,
-    FETCHED,
-    HEADER_SIZE,
-    HOT,
-    SEG_MASK,
-    SEG_SHIFT,
-    TEMP,
-    WARM,
-    item_cost,
-    unpack_header,
+    ACTIVE, CLSID_AT, COLD, FETCHED, HOT, IFLAGS_AT, SEGMENT, TEMP, WARM, item_cost, nbytes, unpack_header,
 )
 from trio_mc.store.results import StoreResult
 from trio_mc.store.table import SET, Table
@@ -46,16 +35,15 @@ class Memory(Table):
 
     def _account(self, key: bytes, record: bytes, sign: int) -> int:
         """Add (``sign`` 1) or remove (-1) an item's memory; returns its class id."""
-        flags, _, _, _, iflags = unpack_header(record)
-        ntotal = item_total_size(len(key), flags, len(record) - HEADER_SIZE, self.use_cas)
+        ntotal = self._ntotal(key, unpack_header(record)[0], record)
         self._object_bytes += sign * item_cost(len(key), len(record))
         self.bytes += sign * ntotal
-        clsid = self.slabs.clsid(ntotal)
+        clsid = record[CLSID_AT]
         cls = self.class_stats[clsid]
         cls.number += sign
         cls.mem_requested += sign * ntotal
         self.lru.chunks[clsid] += sign * self.lru.chunks_for(clsid, ntotal)
-        self.lru.counts[clsid][(iflags & SEG_MASK) >> SEG_SHIFT] += sign
+        self.lru.counts[clsid][SEGMENT[record[IFLAGS_AT]]] += sign
         return clsid
 
     @property
@@ -92,14 +80,14 @@ class Memory(Table):
                 if fed is None:
                     return False
                 key, record = fed
-                iflags = unpack_header(record)[4]
-                self._move(key, record, clsid, (iflags & SEG_MASK) >> SEG_SHIFT, COLD, iflags & ~ACTIVE)
+                iflags = record[IFLAGS_AT]
+                self._move(key, record, clsid, SEGMENT[iflags], COLD, iflags & ~ACTIVE)
                 cls.moves_to_cold += 1
                 continue
             key, record = entry
-            flags, exptime, time, cas, iflags = unpack_header(record)
+            _, exptime, time, cas, iflags = unpack_header(record)
             if self._is_dead(exptime, time, cas, now):
-                self._reclaim(key, record, iflags, flags)
+                self._reclaim(record, iflags)
             elif iflags & ACTIVE:  # read again since it was stored: keep it
                 if self.lru_segmented:
                     cls.moves_to_warm += 1
@@ -122,15 +110,15 @@ class Memory(Table):
                     cls.evicted_unfetched += 1
                 if self.on_evict is not None:
                     self.on_evict(key, bool(iflags & FETCHED), exptime - now if exptime else -1, now - time,
-                                  clsid, len(record) - HEADER_SIZE - 2)
+                                  clsid, nbytes(record) - 2)
             del self._items[key]
             self._account(key, record, -1)
             return True
         return False
 
-    def _reclaim(self, key: bytes, record: bytes, iflags: int, flags: int) -> None:
+    def _reclaim(self, record: bytes, iflags: int) -> None:
         """Count a dead item whose memory is taken back (``reclaimed``)."""
-        cls = self.class_stats[self._clsid(key, flags, record)]
+        cls = self.class_stats[record[CLSID_AT]]
         self.stats.reclaimed += 1
         cls.reclaimed += 1
         if not iflags & FETCHED:
@@ -150,13 +138,13 @@ class Memory(Table):
                     lru.popleft(clsid, seg)
                     continue
                 record = self._items[key]
-                flags, exptime, time, cas, iflags = unpack_header(record)
+                _, exptime, time, cas, iflags = unpack_header(record)
                 if not self._is_dead(exptime, time, cas, now):
                     break
                 lru.popleft(clsid, seg)
                 del self._items[key]
                 self._account(key, record, -1)
-                self._reclaim(key, record, iflags, flags)
+                self._reclaim(record, iflags)
 
     def set_maxbytes(self, maxbytes: int) -> None:
         """cache_memlimit: a smaller limit evicts down to it at once."""

@@ -8,15 +8,8 @@ order (``T`` sets, ``N`` vivifies on miss, ``R`` wins a recache token when the T
 from __future__ import annotations
 
 from trio_mc.numbers import safe_strtoull
-from trio_mc.sizes import item_total_size
 from trio_mc.store.items import (
-    FETCHED,
-    HEADER_SIZE,
-    KEY_BINARY,
-    STALE,
-    TOKEN_SENT,
-    pack_header,
-    unpack_header,
+    CLSID_AT, FETCHED, HEADER_SIZE, KEY_BINARY, STALE, TOKEN_SENT, VALUE_AT, nbytes, pack_header, unpack_header,
 )
 from trio_mc.store.maintainer import Maintainer
 from trio_mc.store.results import (
@@ -64,7 +57,8 @@ class Meta(Maintainer):
             record = self._find(key, now)
             created = False
             if record is None and vivify:
-                new = pack_header(0, 0, now, self._cas_for(new_cas), KEY_BINARY if binary else 0) + b"\r\n"
+                new = self._record(self.item_clsid(len(key), 0, 2), 0, 0, now, self._cas_for(new_cas),
+                                   KEY_BINARY if binary else 0, b"\r\n")
                 record = self._link(key, None, new, now)
                 created = record is not None
             if record is None:
@@ -82,11 +76,11 @@ class Meta(Maintainer):
             new_time = time
             if bump:
                 new_iflags, new_time = self._bumped(new_iflags, time, now)
-                new_iflags = self._rescue(key, self._clsid(key, flags, record), iflags, new_iflags)
+                new_iflags = self._rescue(key, record[CLSID_AT], iflags, new_iflags)
             self._items[key] = pack_header(flags, exptime, new_time, cas, new_iflags) + record[HEADER_SIZE:]
-            self._count_fetch(touched, self.class_stats[self._clsid(key, flags, record)])
+            self._count_fetch(touched, self.class_stats[record[CLSID_AT]])
             return MetaItem(
-                flags=flags, cas=cas, data=memoryview(record)[HEADER_SIZE:], ttl=ttl,
+                flags=flags, cas=cas, data=memoryview(record)[VALUE_AT:], ttl=ttl,
                 fetched=bool(iflags & FETCHED), idle=now - time, won=won, token_sent=token_sent,
                 stale=is_stale, binary=bool(iflags & KEY_BINARY),
             )
@@ -109,11 +103,14 @@ class Meta(Maintainer):
                     if ttl is not None:
                         exptime = self.realtime(ttl)
                     iflags = (iflags | STALE) & ~TOKEN_SENT
-                new = pack_header(flags, exptime, time, self._cas_for(new_cas), iflags)
-                new += b"\r\n" if drop_value else record[HEADER_SIZE:]
+                cas = self._cas_for(new_cas)
+                if drop_value:
+                    new = self._record(self.item_clsid(len(key), flags, 2), flags, exptime, time, cas, iflags, b"\r\n")
+                else:
+                    new = pack_header(flags, exptime, time, cas, iflags) + record[HEADER_SIZE:]
                 self._link(key, record, new, now)
                 return DeleteResult.DELETED
-            self.class_stats[self._clsid(key, flags, record)].delete_hits += 1
+            self.class_stats[record[CLSID_AT]].delete_hits += 1
             self._unlink(key, record)
             return DeleteResult.DELETED
 
@@ -137,8 +134,9 @@ class Meta(Maintainer):
                         self.stats.decr_misses += 1
                     return result, 0, 0, None, False
                 value = initial
-                record = self._link(key, None, pack_header(0, 0, now, self._cas_for(new_cas),
-                                                           KEY_BINARY if binary else 0) + b"%d\r\n" % value, now)
+                data = b"%d\r\n" % value
+                record = self._link(key, None, self._record(self.item_clsid(len(key), 0, len(data)), 0, 0, now,
+                                                            self._cas_for(new_cas), KEY_BINARY if binary else 0, data), now)
                 if record is None:
                     return DeltaResult.NO_MEMORY, 0, 0, None, False
                 result, created = DeltaResult.OK, True
@@ -158,9 +156,8 @@ class Meta(Maintainer):
             if record is None:
                 return None
             flags, exptime, time, cas, iflags = unpack_header(record)
-            size = item_total_size(len(key), flags, len(record) - HEADER_SIZE, self.use_cas)
             return (-1 if exptime == 0 else now - exptime, now - time, cas, bool(iflags & FETCHED),
-                    self.slabs.clsid(size), size, bool(iflags & KEY_BINARY))
+                    record[CLSID_AT], self._ntotal(key, flags, record), bool(iflags & KEY_BINARY))
 
     def _delta(self, key: bytes, incr: bool, delta: int, now: int, compare_cas: int | None,
                new_cas: int | None) -> tuple[int, int, bytes | None]:
@@ -168,31 +165,33 @@ class Meta(Maintainer):
         record = self._find(key, now)
         if record is None:
             return DeltaResult.NOT_FOUND, 0, None
-        nbytes = len(record) - HEADER_SIZE  # with "\r\n"
-        if nbytes <= 2:
+        size = nbytes(record)  # with "\r\n"
+        if size <= 2:
             return DeltaResult.NON_NUMERIC, 0, None
         flags, exptime, time, cas, iflags = unpack_header(record)
         if compare_cas and cas != compare_cas:
             return DeltaResult.CAS_MISMATCH, 0, None
-        value = safe_strtoull(record[HEADER_SIZE:])
+        value = safe_strtoull(record[VALUE_AT:])
         if value is None:
             return DeltaResult.NON_NUMERIC, 0, None
         if incr:
             value = (value + delta) % _U64
         else:
             value = value - delta if delta < value else 0
-        cls = self.class_stats[self._clsid(key, flags, record)]
+        cls = self.class_stats[record[CLSID_AT]]
         if incr:
             cls.incr_hits += 1
         else:
             cls.decr_hits += 1
         text = b"%d" % value
-        if len(text) + 2 <= nbytes:
-            new = (pack_header(flags, exptime, self._update_time(time, now), self._cas_for(new_cas), iflags)
-                   + text.ljust(nbytes - 2) + b"\r\n")
+        if len(text) + 2 <= size:
+            new = self._record(record[CLSID_AT], flags, exptime, self._update_time(time, now), self._cas_for(new_cas),
+                               iflags, text.ljust(size - 2) + b"\r\n")
             self._items[key] = new
             return DeltaResult.OK, value, new
-        new = pack_header(flags, exptime, now, self._cas_for(new_cas), iflags & KEY_BINARY) + text + b"\r\n"
+        data = text + b"\r\n"
+        new = self._record(self.item_clsid(len(key), flags, len(data)), flags, exptime, now, self._cas_for(new_cas),
+                           iflags & KEY_BINARY, data)
         stored = self._link(key, record, new, now)
         if stored is None:
             return DeltaResult.NO_MEMORY, 0, None

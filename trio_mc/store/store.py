@@ -21,18 +21,11 @@ injected :class:`~trio_mc.store.clock.Clock`.
 
 from __future__ import annotations
 
-from trio_mc.sizes import item_total_size
+from trio_mc.sizes import too_large
 from trio_mc.store.counters import ClassStats, StoreStats
 from trio_mc.store.items import (
-    ACTIVE,
-    HEADER_SIZE,
-    KEY_BINARY,
-    SEG_MASK,
-    SEG_SHIFT,
-    STALE,
-    TOKEN_SENT,
-    pack_header,
-    unpack_header,
+    ACTIVE, CLSID_AT, HEADER_SIZE, KEY_BINARY, SEG_MASK, SEGMENT, STALE, TOKEN_SENT, VALUE_AT, pack_header,
+    unpack_header, with_segment,
 )
 from trio_mc.store.meta import Meta
 from trio_mc.store.results import DeltaResult, MetaItem, StoreResult
@@ -74,8 +67,6 @@ class Store(Meta):
             new_exptime = self.realtime(exptime) if exptime is not None else 0
             items_get = self._items.get
             class_stats = self.class_stats
-            clsid = self.slabs.clsid
-            base = self._ntotal_base
             hot_unchanged = ACTIVE if self.lru_segmented else -1  # iflags test: nothing to bump
             stats = self.stats
             for key in keys:
@@ -87,9 +78,9 @@ class Store(Meta):
                 if record is None:
                     self._count_fetch(touch, None)
                     continue
-                item_clsid = clsid(base + len(key) + len(record) + (4 if flags else 0))
+                item_clsid = record[CLSID_AT]
                 cls = class_stats[item_clsid]
-                cls.hits_to[(iflags & SEG_MASK) >> SEG_SHIFT] += 1
+                cls.hits_to[SEGMENT[iflags]] += 1
                 if touch:
                     stats.touch_cmds += 1
                     cls.touch_hits += 1
@@ -104,7 +95,7 @@ class Store(Meta):
                                              new_iflags) + record[HEADER_SIZE:]
                         self._items[key] = record
                 # Small values are cheaper to copy than to wrap in a memoryview.
-                data = record[HEADER_SIZE:] if len(record) < 4096 else memoryview(record)[HEADER_SIZE:]
+                data = record[VALUE_AT:] if len(record) < 4096 else memoryview(record)[VALUE_AT:]
                 hits.append((key, flags, cas, data))
         return hits
 
@@ -123,10 +114,10 @@ class Store(Meta):
             flags, exptime, _, cas, iflags = unpack_header(record)
             if not (exptime or self._oldest_live) and iflags & ACTIVE and self.lru_segmented:
                 self.stats.get_cmds += 1
-                cls = self.class_stats[self.slabs.clsid(self._ntotal_base + len(key) + len(record) + (4 if flags else 0))]
+                cls = self.class_stats[record[CLSID_AT]]
                 cls.get_hits += 1
-                cls.hits_to[(iflags & SEG_MASK) >> SEG_SHIFT] += 1
-                return flags, cas, record[HEADER_SIZE:] if len(record) < 4096 else memoryview(record)[HEADER_SIZE:]
+                cls.hits_to[SEGMENT[iflags]] += 1
+                return flags, cas, record[VALUE_AT:] if len(record) < 4096 else memoryview(record)[VALUE_AT:]
         hits = self.get([key])
         return hits[0][1:] if hits else None
 
@@ -148,12 +139,12 @@ class Store(Meta):
             now = self.clock.now()
             # memcached allocates before it looks the key up: dead items at the tail of
             # the new item's class are reclaimed first.
-            self._reclaim_head(self.slabs.clsid(self._ntotal_base + len(key) + HEADER_SIZE + len(data)
-                                                + (4 if flags else 0)), now)
+            clsid = self.item_clsid(len(key), flags, len(data))
+            self._reclaim_head(clsid, now)
             old = self._find(key, now)
             iflags = KEY_BINARY if binary else 0
             if old is None:
-                self.class_stats[self.slabs.clsid(item_total_size(len(key), flags, len(data), self.use_cas))].cmd_set += 1
+                self.class_stats[clsid].cmd_set += 1
                 if mode == CAS:
                     self.stats.cas_misses += 1
                     return StoreResult.NOT_FOUND, 0, 0
@@ -164,13 +155,13 @@ class Store(Meta):
                 cas_value = self._cas_for(new_cas)
                 new_exptime = self.realtime(exptime)
                 # Built in the segment _link will put it in, so it is not copied again.
-                iflags |= self._first_segment(new_exptime, now) << SEG_SHIFT
-                record = pack_header(flags, new_exptime, now, cas_value, iflags) + data
+                iflags = with_segment(iflags, self._first_segment(new_exptime, now))
+                record = self._record(clsid, flags, new_exptime, now, cas_value, iflags, data)
                 if not self._link(key, None, record, now):
                     return self._out_of_memory(mode, key), 0, 0
                 return StoreResult.STORED, cas_value, len(data) - 2
             old_flags, old_exptime, old_time, old_cas, old_iflags = unpack_header(old)
-            cls = self.class_stats[self._clsid(key, old_flags, old)]
+            cls = self.class_stats[old[CLSID_AT]]
             cls.cmd_set += 1
             if mode == ADD:  # refused, but the existing item counts as used
                 new_time = self._update_time(old_time, now)
@@ -195,13 +186,14 @@ class Store(Meta):
                     return StoreResult.EXISTS, 0, 0
                 # The combined item is a new allocation: the old flags and expiry, no
                 # other item flags (memcached's append drops a meta binary-key mark too).
-                value = old[HEADER_SIZE:-2] + data if mode == APPEND else data[:-2] + old[HEADER_SIZE:]
-                if item_total_size(len(key), old_flags, len(value), self.use_cas) > self.item_size_max:
+                value = old[VALUE_AT:-2] + data if mode == APPEND else data[:-2] + old[VALUE_AT:]
+                if too_large(len(key), old_flags, len(value), self.use_cas, self.item_size_max):
                     return StoreResult.NOT_STORED, 0, 0
                 flags, new_exptime, data, iflags = old_flags, old_exptime, value, 0
+                clsid = self.item_clsid(len(key), flags, len(data))
             cas_value = self._cas_for(new_cas)
             iflags |= old_iflags & SEG_MASK  # a new version stays where the old one was
-            record = pack_header(flags, new_exptime, now, cas_value, iflags) + data
+            record = self._record(clsid, flags, new_exptime, now, cas_value, iflags, data)
             if not self._link(key, old, record, now):
                 return self._out_of_memory(mode, key), 0, 0
             return StoreResult.STORED, cas_value, len(data) - 2
@@ -219,7 +211,7 @@ class Store(Meta):
             if record is None:
                 self.stats.delete_misses += 1
                 return False
-            self.class_stats[self._clsid(key, unpack_header(record)[0], record)].delete_hits += 1
+            self.class_stats[record[CLSID_AT]].delete_hits += 1
             self._unlink(key, record)
             return True
 

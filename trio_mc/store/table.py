@@ -24,11 +24,7 @@ from trio_mc.sizes import item_total_size
 from trio_mc.store.clock import Clock
 from trio_mc.store.counters import ClassStats, StoreStats
 from trio_mc.store.items import (
-    HEADER_SIZE,
-    SEG_MASK,
-    SEG_SHIFT,
-    item_cost,
-    unpack_header,
+    CLSID_AT, HEADER_SIZE, IFLAGS_AT, SEGMENT, item_cost, nbytes, pack_record, unpack_header, with_segment,
 )
 from trio_mc.store.lru import ClassQueues
 from trio_mc.store.slabs import SlabClasses
@@ -70,8 +66,6 @@ class Table:
         self.warm_lru_pct = warm_lru_pct
         self.temporary_ttl = temporary_ttl
         self.automove = automove
-        # item_total_size() minus the key and record lengths, for the per-hit class lookup.
-        self._ntotal_base = item_total_size(0, 0, 0, use_cas) - HEADER_SIZE
         self.lock = threading.Lock()
         self.stats = StoreStats()
         self.class_stats = [ClassStats() for _ in range(len(self.slabs.sizes) + 1)]
@@ -117,9 +111,19 @@ class Table:
         """The CAS the next stored item will get."""
         return self._cas + 1
 
-    def _clsid(self, key: bytes, flags: int, record: bytes) -> int:
-        """The slab class memcached would keep this item in."""
-        return self.slabs.clsid(self._ntotal_base + len(key) + len(record) + (4 if flags else 0))
+    def item_clsid(self, key_length: int, flags: int, nbytes: int) -> int:
+        """The slab class memcached keeps an item in (``nbytes``: the value with ``\\r\\n``).
+        Records carry it (:data:`~.items.CLSID_AT`) from when they are built."""
+        return self.slabs.clsid(item_total_size(key_length, flags, nbytes, self.use_cas))
+
+    def _ntotal(self, key: bytes, flags: int, record: bytes) -> int:
+        """memcached's size of a stored item (its ``bytes`` and page chunks)."""
+        return item_total_size(len(key), flags, nbytes(record), self.use_cas)
+
+    def _record(self, clsid: int, flags: int, exptime: int, time: int, cas: int, iflags: int,
+                data: bytes) -> bytes:
+        """Build a record (``data`` with its ``\\r\\n``; ``clsid`` from :meth:`item_clsid`)."""
+        return pack_record(flags, exptime, time, cas, iflags, clsid) + data
 
     def _is_dead(self, exptime: int, time: int, cas: int, now: int) -> int:
         """0 if live, 1 if flushed, 2 if expired (``do_item_get``'s checks, in order)."""
@@ -169,7 +173,7 @@ class Table:
     def _unlink(self, key: bytes, record: bytes) -> None:
         """Remove a key whose queue entry stays behind (it becomes stale)."""
         del self._items[key]
-        self.lru.orphan(key, self._account(key, record, -1), (record[HEADER_SIZE - 1] & SEG_MASK) >> SEG_SHIFT)
+        self.lru.orphan(key, self._account(key, record, -1), SEGMENT[record[IFLAGS_AT]])
         if self.lru.stale_total > len(self._items) + 1024:
             self.lru.compact()
 
@@ -181,8 +185,8 @@ class Table:
         Returns the record as stored (its LRU segment set), or ``None`` if there is no room.
         """
         klen = len(key)
-        ntotal = self._ntotal_base + klen + len(record) + (4 if unpack_header(record)[0] else 0)
-        clsid = self.slabs.clsid(ntotal)
+        ntotal = self._ntotal(key, unpack_header(record)[0], record)
+        clsid = record[CLSID_AT]
         lru = self.lru
         nchunks = lru.chunks_for(clsid, ntotal)
         while not lru.fits(clsid, nchunks):
@@ -195,7 +199,7 @@ class Table:
             return None
         if old is not None and self._items.get(key) is old:
             old_clsid = self._account(key, old, -1)
-            seg = (old[HEADER_SIZE - 1] & SEG_MASK) >> SEG_SHIFT
+            seg = SEGMENT[old[IFLAGS_AT]]
             if old_clsid != clsid:  # the new size moves it to another class's queue
                 lru.orphan(key, old_clsid, seg)
                 seg = self._first_segment(unpack_header(record)[1], now)
@@ -203,8 +207,8 @@ class Table:
         else:  # new, or the old version was evicted to make room
             seg = self._first_segment(unpack_header(record)[1], now)
             lru.append(key, clsid, seg)
-        if (record[HEADER_SIZE - 1] & SEG_MASK) >> SEG_SHIFT != seg:
-            record = record[:HEADER_SIZE - 1] + bytes(((record[HEADER_SIZE - 1] & ~SEG_MASK) | (seg << SEG_SHIFT),)) + record[HEADER_SIZE:]
+        if SEGMENT[record[IFLAGS_AT]] != seg:
+            record = record[:IFLAGS_AT] + bytes((with_segment(record[IFLAGS_AT], seg),)) + record[HEADER_SIZE:]
         self._items[key] = record
         self._account(key, record, 1)
         self.stats.total_items += 1
