@@ -366,7 +366,7 @@ def _debugtime(args: list[bytes], conn: Conn, out: list[Any]) -> bytes:
     if args[0] in (b"p", b"r"):
         return replies.OK
     delta = safe_strtoll(args[0])
-    if delta is None or not 0 < conn.store.clock.now() + delta < 1 << 31:
+    if delta is None or not 0 < conn.store.clock.current + delta < 1 << 31:
         return replies.ERROR  # server time is a 32-bit count of seconds
     conn.store.clock.shift(delta)
     return replies.OK

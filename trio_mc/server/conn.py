@@ -166,7 +166,7 @@ class ConnGroup:
             timeout = settings.idle_timeout
             if not timeout:
                 continue
-            now = clock.now()
+            now = clock.tick()
             for conn in list(self.conns):
                 if conn.idle and now - conn.last_cmd_time > timeout:
                     self.tstats.idle_kicks += 1
@@ -206,7 +206,7 @@ class Conn:
         self.addr = addr
         self.listen_addr = listen_addr
         self.state = "conn_new_cmd"
-        self.last_cmd_time = server.store.clock.now()
+        self.last_cmd_time = server.store.clock.tick()
         self.closing = False
         self.close_reason = b"normal"  # as memcached's watch connevents reports it
         self.scope = trio.CancelScope()
@@ -290,7 +290,7 @@ class Conn:
             commands = parser.feed(data)
             if not commands:
                 continue
-            self.last_cmd_time = clock.now()
+            self.last_cmd_time = clock.tick()  # the store reads clock.current
             if self.budget and len(commands) > self.budget:
                 tstats.response_obj_oom += 1  # too many replies to hold: memcached hangs up
                 return

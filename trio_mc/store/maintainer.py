@@ -120,11 +120,11 @@ class Maintainer(Memory):
         segments of every class and, with automove, return unneeded slab pages.  Kept off
         the request path."""
         with self.lock:
+            now = self.clock.tick()  # a background pass: no read ticked before it
             if self.automove:
                 self.lru.release_empty_pages()
             if not self.lru_segmented:
                 return
-            now = self.clock.now()
             for clsid, cls in enumerate(self.class_stats):
                 if cls.number:
                     self._juggle(clsid, now)
@@ -138,9 +138,9 @@ class Maintainer(Memory):
         """
         reclaimed = 0
         with self.lock:
+            now = self.clock.tick()  # a background pass: no read ticked before it
             if not self._may_expire:
                 return 0
-            now = self.clock.now()
             if self._crawl_pos >= len(self._items):
                 self._crawl_pos = 0
             batch = list(itertools.islice(self._items.items(), self._crawl_pos, self._crawl_pos + limit))
@@ -157,7 +157,7 @@ class Maintainer(Memory):
         """``lru_crawler crawl``: check every item of these classes (all if ``None``) and
         reclaim the dead ones, counted as ``crawler_reclaimed``."""
         with self.lock:
-            now = self.clock.now()
+            now = self.clock.current
             for key, record in list(self._items.items()):
                 _, exptime, time, cas, _ = unpack_header(record)
                 clsid = record[CLSID_AT]
@@ -176,7 +176,7 @@ class Maintainer(Memory):
         per live item, times as Unix times (exp -1: never)."""
         out = []
         with self.lock:
-            now = self.clock.now()
+            now = self.clock.current
             started = self.clock.process_started
             for key, record in self._items.items():
                 flags, exptime, time, cas, iflags = unpack_header(record)
@@ -212,7 +212,7 @@ class Maintainer(Memory):
             else:
                 lru.global_pool += 1
             lru.slabs_moved += 1
-            now = self.clock.now()
+            now = self.clock.current
             while lru.over(src) and self._evict_one(src, now):
                 pass
             return ReassignResult.OK
@@ -222,7 +222,7 @@ class Maintainer(Memory):
         with self.lock:
             heads = self.lru.live_heads(clsid, seg, 1)
             record = self._items.get(heads[0]) if heads else None
-            return self.clock.now() - unpack_header(record)[2] if record else 0
+            return self.clock.current - unpack_header(record)[2] if record else 0
 
     def sizes(self, cas_min: int) -> dict[int, int]:
         """``stats sizes``: items by total size rounded up to 32 bytes, counting only items

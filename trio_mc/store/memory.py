@@ -150,7 +150,7 @@ class Memory(Table):
         """cache_memlimit: a smaller limit evicts down to it at once."""
         with self.lock:
             self.maxbytes = self.lru.maxbytes = maxbytes
-            self._make_room(0, self.clock.now(), None)
+            self._make_room(0, self.clock.current, None)
 
     def _out_of_memory(self, mode: int, key: bytes) -> int:
         self.stats.store_no_memory += 1

@@ -53,7 +53,7 @@ class Meta(Maintainer):
         ``claim`` false (the command will answer an error) a won token is not recorded.
         """
         with self.lock:
-            now = self.clock.now()
+            now = self.clock.current
             record = self._find(key, now)
             created = False
             if record is None and vivify:
@@ -89,7 +89,7 @@ class Meta(Maintainer):
                     drop_value: bool, new_cas: int | None) -> int:
         """md: delete, or with ``stale`` (I) keep the item marked stale; a :class:`DeleteResult`."""
         with self.lock:
-            now = self.clock.now()
+            now = self.clock.current
             record = self._find(key, now)
             if record is None:
                 self.stats.delete_misses += 1
@@ -123,7 +123,7 @@ class Meta(Maintainer):
         created.
         """
         with self.lock:
-            now = self.clock.now()
+            now = self.clock.current
             result, value, record = self._delta(key, incr, delta, now, compare_cas, new_cas)
             created = False
             if result == DeltaResult.NOT_FOUND:
@@ -151,7 +151,7 @@ class Meta(Maintainer):
     def debug(self, key: bytes) -> tuple[int, int, int, bool, int, int, bool] | None:
         """me: (exp, la, cas, fetched, class, size, binary key) as memcached's debug line."""
         with self.lock:
-            now = self.clock.now()
+            now = self.clock.current
             record = self._find(key, now)
             if record is None:
                 return None

@@ -62,7 +62,7 @@ class Store(Meta):
         """
         hits: list[tuple[bytes, int, int, bytes | memoryview]] = []
         with self.lock:
-            now = self.clock.now()
+            now = self.clock.current
             touch = exptime is not None
             new_exptime = self.realtime(exptime) if exptime is not None else 0
             items_get = self._items.get
@@ -136,7 +136,7 @@ class Store(Meta):
         length.
         """
         with self.lock:
-            now = self.clock.now()
+            now = self.clock.current
             # memcached allocates before it looks the key up: dead items at the tail of
             # the new item's class are reclaimed first.
             clsid = self.item_clsid(len(key), flags, len(data))
@@ -207,7 +207,7 @@ class Store(Meta):
 
     def delete(self, key: bytes) -> bool:
         with self.lock:
-            record = self._find(key, self.clock.now())
+            record = self._find(key, self.clock.current)
             if record is None:
                 self.stats.delete_misses += 1
                 return False
@@ -226,7 +226,7 @@ class Store(Meta):
         memcached does; a longer one makes a new item.
         """
         with self.lock:
-            now = self.clock.now()
+            now = self.clock.current
             result, value, _ = self._delta(key, incr, delta, now, None, None)
             if result == DeltaResult.NOT_FOUND:
                 if incr:

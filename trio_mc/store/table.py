@@ -93,7 +93,7 @@ class Table:
         if exptime > REALTIME_MAXDELTA:
             started = self.clock.process_started
             return 1 if exptime <= started else exptime - started
-        return exptime + self.clock.now()
+        return exptime + self.clock.current
 
     def _next_cas(self) -> int:
         if not self.use_cas:
@@ -224,7 +224,7 @@ class Table:
     def flush_all(self, delay: int) -> None:
         """Invalidate every item updated before now + ``delay`` (memcached's rules)."""
         with self.lock:
-            now = self.clock.now()
+            now = self.clock.current
             new_oldest = self.realtime(delay) if delay > 0 else now
             self._may_expire = True
             if self.use_cas:
