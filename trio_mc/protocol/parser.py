@@ -29,7 +29,7 @@ from trio_mc.protocol import replies
 from trio_mc.protocol.meta import parse_meta
 from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
 from trio_mc.numbers import safe_strtol, safe_strtoul, safe_strtoull
-from trio_mc.sizes import item_total_size
+from trio_mc.sizes import too_large
 
 KEY_MAX_LENGTH = 250
 #: What ``watch`` may ask for (memcached's log types).
@@ -371,7 +371,7 @@ class Parser:
         return cmd.Watch(kinds)
 
     def _too_large(self, key_length: int, flags: int, value_length: int) -> bool:
-        return item_total_size(key_length, flags, value_length, self.use_cas) > self.item_size_max
+        return too_large(key_length, flags, value_length, self.use_cas, self.item_size_max)
 
 
 _Handler = Callable[[Parser, list[bytes]], "cmd.Command | None"]

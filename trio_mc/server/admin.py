@@ -22,7 +22,6 @@ def do_admin(c: cmd.Admin, s: Session, out: Out) -> Effect:
     return None
 
 
-_REASSIGN = dict(zip(("OK", "BADCLASS", "NOSPARE", "SAME"), replies.REASSIGN))
 
 
 def _slabs(args: list[bytes], ses: Session, out: Out) -> bytes:
@@ -34,7 +33,7 @@ def _slabs(args: list[bytes], ses: Session, out: Out) -> bytes:
         src, dst = safe_strtol(args[1]), safe_strtol(args[2])
         if src is None or dst is None:
             return replies.CLIENT_ERROR_FORMAT
-        return _REASSIGN[ses.store.reassign(src, dst)]
+        return replies.REASSIGN[ses.store.reassign(src, dst)]
     if len(args) >= 2 and args[0] == b"automove":
         if args[1] == b"ratio":
             try:
@@ -144,7 +143,7 @@ def _debugtime(args: list[bytes], ses: Session, out: Out) -> bytes:
     if args[0] in (b"p", b"r"):
         return replies.OK
     delta = safe_strtoll(args[0])
-    if delta is None or not 0 < ses.store.clock.now() + delta < 1 << 31:
+    if delta is None or not 0 < ses.store.clock.current + delta < 1 << 31:
         return replies.ERROR  # server time is a 32-bit count of seconds
     ses.store.clock.shift(delta)
     return replies.OK

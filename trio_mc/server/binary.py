@@ -17,7 +17,8 @@ from trio_mc.protocol import commands as cmd
 from trio_mc.server import stats
 from trio_mc.server.conn import CLOSE, QUIT, Effect, Out
 from trio_mc.server.session import Session
-from trio_mc.store.store import DeltaResult, StoreResult
+from trio_mc.sizes import too_large
+from trio_mc.store.results import TTL_VIVIFY, DeleteResult, DeltaResult, StoreResult
 
 _U32 = struct.Struct(">I")
 _STORE_EXTRAS = struct.Struct(">II")
@@ -72,7 +73,7 @@ def _store(c: cmd.Binary, base: int, quiet: bool, s: Session, out: Out) -> Effec
     appending = base in (bp.APPEND, bp.PREPEND)
     flags, exptime = (0, 0) if appending else _STORE_EXTRAS.unpack(c.extras)
     mode = _STORE_MODES[base]
-    if c.too_large or (not appending and s.store.too_large_for(len(c.key), flags, len(c.value) + 2)):
+    if c.too_large or (not appending and too_large(len(c.key), flags, len(c.value) + 2, s.settings.use_cas, s.settings.item_size_max)):
         s.store.too_large(SET, c.key)
         out += bp.error(c.opcode, c.opaque, bp.E2BIG)
         return None
@@ -94,11 +95,11 @@ def _store(c: cmd.Binary, base: int, quiet: bool, s: Session, out: Out) -> Effec
 def _delete(c: cmd.Binary, base: int, quiet: bool, s: Session, out: Out) -> Effect:
     code = s.store.meta_delete(c.key, compare_cas=c.cas or None, stale=False, ttl=None,
                                drop_value=False, new_cas=None)
-    if code == "HD":
+    if code == DeleteResult.DELETED:
         if not quiet:
             out += bp.response(c.opcode, c.opaque)
     else:
-        out += bp.error(c.opcode, c.opaque, bp.KEY_ENOENT if code == "NF" else bp.KEY_EEXISTS)
+        out += bp.error(c.opcode, c.opaque, bp.KEY_ENOENT if code == DeleteResult.NOT_FOUND else bp.KEY_EEXISTS)
     return None
 
 
@@ -106,7 +107,7 @@ def _arith(c: cmd.Binary, base: int, quiet: bool, s: Session, out: Out) -> Effec
     delta, initial, exptime = _ARITH_EXTRAS.unpack(c.extras)
     create = exptime != _NO_CREATE
     result, value, cas, _, _ = s.store.meta_arith(
-        c.key, base == bp.INCREMENT, delta, [(ord("N"), exptime)] if create else [],
+        c.key, base == bp.INCREMENT, delta, [(TTL_VIVIFY, exptime)] if create else [],
         compare_cas=c.cas or None, vivify=create, initial=initial, binary=False, new_cas=None,
     )
     if result == DeltaResult.OK:

@@ -114,7 +114,7 @@ class ConnGroup:
             timeout = self.settings.idle_timeout
             if not timeout:
                 continue
-            now = self.clock.now()
+            now = self.clock.tick()
             for conn in list(self.conns):
                 if conn.idle and now - conn.last_cmd_time > timeout:
                     self.tstats.idle_kicks += 1
@@ -157,7 +157,7 @@ class Conn:
         self.addr = addr
         self.listen_addr = listen_addr
         self.state = "conn_new_cmd"
-        self.last_cmd_time = self.clock.now()
+        self.last_cmd_time = self.clock.tick()
         self.close_reason = b"normal"  # as memcached's watch connevents reports it
         self.scope = trio.CancelScope()
 
@@ -228,7 +228,7 @@ class Conn:
             commands = parser.feed(data)
             if not commands:
                 continue
-            self.last_cmd_time = clock.now()
+            self.last_cmd_time = clock.tick()  # the store reads clock.current
             if self.budget and len(commands) > self.budget:
                 tstats.response_obj_oom += 1  # too many replies to hold: memcached hangs up
                 return

@@ -15,9 +15,14 @@ from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
 from trio_mc.server.conn import Effect, Out
 from trio_mc.server.session import Session
-from trio_mc.store.store import DeltaResult, StoreResult
+from trio_mc.store.results import (
+    TTL_RECACHE, TTL_REPORT, TTL_SET, TTL_VIVIFY, DeleteResult, DeltaResult, StoreResult,
+)
 
-_TTL_FLAGS = frozenset(b"TNRt")
+#: The meta flags that are TTL operations, applied in request order.
+_TTL_OPS = {ord("T"): TTL_SET, ord("N"): TTL_VIVIFY, ord("R"): TTL_RECACHE, ord("t"): TTL_REPORT}
+_DELETE_CODES = {DeleteResult.DELETED: replies.HD, DeleteResult.NOT_FOUND: replies.NF,
+                 DeleteResult.EXISTS: replies.EX}
 _STORE_MODES = {0: SET, ord("S"): SET, ord("E"): ADD, ord("A"): APPEND, ord("P"): PREPEND,
                 ord("R"): REPLACE}
 _STORE_CODES = {
@@ -29,9 +34,14 @@ _DECR_MODES = frozenset(b"D-")
 
 def _ttl_ops(tokens: list[bytes], ttl: int | None, vivify: int | None,
              recache: int | None) -> list[tuple[int, int]]:
-    """T, N, R and t in request order, with their parsed tokens."""
-    values = {0x54: ttl, 0x4E: vivify, 0x52: recache}
-    return [(t[0], values.get(t[0]) or 0) for t in tokens if t[0] in _TTL_FLAGS]
+    """T, N, R and t in request order, as the store's operations with their values."""
+    values = {TTL_SET: ttl, TTL_VIVIFY: vivify, TTL_RECACHE: recache}
+    ops = []
+    for token in tokens:
+        op = _TTL_OPS.get(token[0])
+        if op is not None:
+            ops.append((op, values.get(op) or 0))
+    return ops
 
 
 def do_meta_get(c: cmd.MetaGet, s: Session, out: Out) -> Effect:
@@ -100,9 +110,9 @@ def do_meta_delete(c: cmd.MetaDelete, s: Session, out: Out) -> Effect:
         s.server.prefix_stats.record_delete(c.key)
     code = s.store.meta_delete(c.key, compare_cas=c.compare_cas, stale=c.stale, ttl=c.ttl,
                                drop_value=c.drop_value, new_cas=c.new_cas)
-    if code == "HD" and c.quiet:
+    if code == DeleteResult.DELETED and c.quiet:
         return None
-    out.append(replies.meta_line(code.encode(), replies.meta_flags(c.tokens, {}, c.key, c.binary)))
+    out.append(replies.meta_line(_DELETE_CODES[code], replies.meta_flags(c.tokens, {}, c.key, c.binary)))
     return None
 
 

@@ -40,7 +40,7 @@ def general(state: ServerState) -> _Stats:
     store = state.store
     st = store.stats
     t = state.thread_totals()
-    now = store.clock.now()
+    now = store.clock.current
     usage = resource.getrusage(resource.RUSAGE_SELF)
     classes = store.class_stats
     hashpower = s.hashpower_init or 16
@@ -234,7 +234,7 @@ def slabs(state: ServerState) -> _Stats:
 
 def conns(state: ServerState) -> _Stats:
     """``stats conns``: listeners and clients by descriptor."""
-    now = state.store.clock.now()
+    now = state.store.clock.current
     rows: list[tuple[int, _Stats]] = []
     for listener in state.listeners:
         rows.append((listener.fd, [

@@ -22,7 +22,7 @@ from trio_mc.server.conn import CLOSE, QUIT, AUTHENTICATED, Effect, Out
 from trio_mc.server.logger import Watcher, uriencode
 from trio_mc.server.session import Session
 from trio_mc.server.transport import Transport
-from trio_mc.store.store import DeltaResult, StoreResult
+from trio_mc.store.results import DeltaResult, StoreResult
 
 #: memcached caps ``verbosity`` at this level.
 MAX_VERBOSITY_LEVEL = 2
@@ -99,7 +99,7 @@ def _record_gets(keys: list[bytes], hits: list[Any], s: Session) -> None:
             size = len(hit[3]) - 2 if hit else 0
             logger.log(b"fetchers", b"type=item_get key=%b status=%b clsid=%d cfd=%d size=%d" % (
                 uriencode(key), b"found" if hit else b"not_found",
-                s.store.item_clsid(key, hit[1], size + 2) if hit else 0, s.fd, size))
+                s.store.item_clsid(len(key), hit[1], size + 2) if hit else 0, s.fd, size))
 
 
 _LOG_STATUS = {
@@ -113,7 +113,7 @@ def _log_store(s: Session, key: bytes, mode: int, result: int, exptime: int, fla
     """``watch mutations`` lines for a storage command: its lookup, then the store."""
     logger = s.server.logger
     if b"fetchers" in logger.kinds or b"mutations" in logger.kinds:
-        clsid = s.store.item_clsid(key, flags, len(data))
+        clsid = s.store.item_clsid(len(key), flags, len(data))
         logger.log(b"mutations", b"type=item_get key=%b status=not_found clsid=0 cfd=%d size=0" % (
             uriencode(key), s.fd))
         logger.log(b"mutations", b"type=item_store key=%b status=%b cmd=%b ttl=%d clsid=%d cfd=%d size=%d" % (

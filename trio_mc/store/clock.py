@@ -1,10 +1,23 @@
-"""The store's clock: memcached's ``current_time``, in whole seconds.
+"""The store's clock: memcached's ``current_time``, in whole seconds, read from a variable.
 
 memcached keeps a relative clock (``rel_time_t``) that starts a little after zero and ticks in
 whole seconds; item times and expiries are stored in it, and absolute Unix exptimes are
 converted using ``process_started``.  The store takes its clock by injection because each
 ``trio.run`` has its own time base: worker threads would disagree on ``trio.current_time()``,
 and tests need to move time by hand (or with Trio's ``MockClock`` in a single loop).
+
+Like memcached's ``current_time`` (set by a timer once a second, read by every command), the
+time is a coarse variable, :attr:`Clock.current`, so a command pays an attribute read, not a
+clock call.  The rule of who moves it:
+
+- :meth:`Clock.tick` recomputes ``current`` from the source.  The server's connection loop
+  ticks once per read, before it executes the commands of that read; the idle sweeper and
+  the background maintainer tick once per pass (``Store.maintain`` and
+  ``Store.reclaim_step`` tick themselves: they run on a timer, with no read before them).
+- :meth:`Clock.shift` (``debugtime``) and :meth:`ManualClock.advance` tick.
+- Every other store operation reads ``current`` and never ticks.  A test that drives a store
+  directly with a moving source (``Clock(source=trio.current_time)`` under ``MockClock``) calls
+  ``tick()`` after moving time; ``ManualClock`` needs nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ class Clock:
       wall: the Unix time now, used once to anchor absolute exptimes.
     """
 
-    __slots__ = ("_source", "_base", "process_started")
+    __slots__ = ("_source", "_base", "process_started", "current")
 
     def __init__(
         self,
@@ -34,16 +47,21 @@ class Clock:
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._source = source
-        self._base = source() - START_OFFSET  # now() starts at START_OFFSET
+        self._base = source() - START_OFFSET  # current starts at START_OFFSET
         self.process_started = int(wall()) - START_OFFSET
+        #: memcached's ``current_time``: whole seconds since ``process_started``, as of the
+        #: last :meth:`tick`.
+        self.current = START_OFFSET
 
-    def now(self) -> int:
-        """memcached's ``current_time``: whole seconds since ``process_started``."""
-        return int(self._source() - self._base)
+    def tick(self) -> int:
+        """Bring :attr:`current` up to the source's time, and return it."""
+        self.current = now = int(self._source() - self._base)
+        return now
 
     def shift(self, seconds: int) -> None:
         """Move server time forward (memcached's debug ``debugtime`` command)."""
         self._base -= seconds
+        self.tick()
 
 
 class ManualClock(Clock):
@@ -57,3 +75,4 @@ class ManualClock(Clock):
 
     def advance(self, seconds: float) -> None:
         self._offset += seconds
+        self.tick()

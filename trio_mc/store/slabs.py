@@ -8,7 +8,8 @@ up to ``slab_chunk_max``, each aligned to 8 bytes.
 
 from __future__ import annotations
 
-ITEM_HEADER = 48
+from trio_mc.sizes import ITEM_HEADER_SIZE
+
 CHUNK_ALIGN = 8
 SLAB_PAGE_SIZE = 1024 * 1024
 MAX_CLASSES = 64  # MAX_NUMBER_OF_SLAB_CLASSES: class ids 1..62 plus the largest
@@ -28,7 +29,7 @@ class SlabClasses:
     def __init__(self, growth_factor: float = 1.25, chunk_size: int = 48,
                  slab_chunk_max: int = SLAB_PAGE_SIZE // 2) -> None:
         sizes: list[int] = []
-        size = ITEM_HEADER + chunk_size
+        size = ITEM_HEADER_SIZE + chunk_size
         while len(sizes) < MAX_CLASSES - 2 and size < slab_chunk_max / growth_factor:
             if size % CHUNK_ALIGN:
                 size += CHUNK_ALIGN - size % CHUNK_ALIGN
