@@ -408,8 +408,8 @@ def _build(pool: _RawPool, text: bool, problems: list[str]) -> PoolConfig | None
         problem(pool.where, "key 'redis': redis pools are not supported by trio-mc proxy")
     elif fields.get("redis_auth") is not None:
         problem(pool.where, "key 'redis_auth': only valid in a redis pool")
-    if len(problems) > start:
-        return None
+    if len(problems) > start or fields.get("listen") is None or not servers:
+        return None  # (a value the YAML reader refused is reported already)
     return PoolConfig(name=pool.name, servers=tuple(servers.values()), **fields)
 
 
