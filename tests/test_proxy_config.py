@@ -92,30 +92,27 @@ servers = ["127.0.0.1:11211:1"]
 # --------------------------------------------------------------------------- keys, defaults
 
 
+#: twemproxy 0.5.0's defaults (src/nc_conf.h), plus trio-mc's two keys (both off).
+TWEMPROXY_DEFAULTS = {
+    "hash": "fnv1a_64", "hash_tag": None, "distribution": "ketama",
+    "timeout": None,  # twemproxy's -1: wait forever
+    "backlog": 512, "client_connections": 0, "redis": False, "redis_auth": None, "redis_db": 0,
+    "tcpkeepalive": False, "reuseport": False, "preconnect": False, "server_connections": 1,
+    "auto_eject_hosts": False, "server_retry_timeout": 30000, "server_failure_limit": 2,
+    "server_probe": False,
+}  # fmt: skip
+
+
 def test_defaults_are_twemproxys(tmp_path: Path) -> None:
     pool = one_pool(write(tmp_path, "conf.toml", MINIMAL_TOML))
-    assert pool == PoolConfig(
-        name="alpha",
-        listen=ListenConfig("127.0.0.1", 22121, None, "127.0.0.1:22121"),
-        servers=(ServerConfig("127.0.0.1", 11211, 1, "127.0.0.1"),),
-        hash="fnv1a_64",
-        hash_tag=None,
-        distribution="ketama",
-        timeout=None,
-        backlog=512,
-        client_connections=0,
-        redis=False,
-        redis_auth=None,
-        redis_db=0,
-        tcpkeepalive=False,
-        reuseport=False,
-        preconnect=False,
-        server_connections=1,
-        auto_eject_hosts=False,
-        server_retry_timeout=30000,
-        server_failure_limit=2,
-        server_probe=False,
+    assert (pool.name, pool.listen) == (
+        "alpha",
+        ListenConfig("127.0.0.1", 22121, None, "127.0.0.1:22121"),
     )
+    assert pool.servers == (ServerConfig("127.0.0.1", 11211, 1, "127.0.0.1"),)
+    fields = {field.name for field in dataclasses.fields(PoolConfig)}
+    assert fields - {"name", "listen", "servers"} == TWEMPROXY_DEFAULTS.keys()
+    assert {key: getattr(pool, key) for key in TWEMPROXY_DEFAULTS} == TWEMPROXY_DEFAULTS
     assert PoolConfig(pool.name, pool.listen, pool.servers) == pool  # the dataclass defaults
 
 
