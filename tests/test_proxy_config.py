@@ -8,7 +8,9 @@ nutcracker accepts, except the deviations listed in DEVIATIONS with their reason
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from procs import ServerProcess, free_port
 
 from trio_mc.proxy.config import (
     DISTRIBUTIONS,
@@ -241,6 +244,44 @@ def test_timeout_zero_waits_forever_as_twemproxy(tmp_path: Path) -> None:
 def test_several_pools_keep_file_order(tmp_path: Path) -> None:
     text = MINIMAL_TOML.replace("alpha", "zeta") + MINIMAL_TOML.replace("22121", "22122")
     assert [pool.name for pool in load(write(tmp_path, "c.toml", text))] == ["zeta", "alpha"]
+
+
+SERVER_ORDER_YAML = """\
+alpha:
+  listen: 127.0.0.1:{listen}
+  distribution: modula
+  servers:
+    - 127.0.0.1:21211:1
+    - 127.0.0.1:21212:1 aa
+    - /tmp/trio-mc-order.sock:1
+    - 127.0.0.1:21213:1 b
+    - 127.0.0.1:11211:1
+    - 127.0.0.1:21214:1 ab
+"""
+SERVER_ORDER = ["b", "aa", "ab", "127.0.0.1", "127.0.0.1:21211", "/tmp/trio-mc-order.sock:"]
+
+
+def test_server_order(tmp_path: Path) -> None:
+    # nutcracker sorts a pool's servers by name (shorter first, then bytewise), and modula's
+    # indexes and the stats follow that order, not the file's.
+    pool = one_pool(write(tmp_path, "c.yml", SERVER_ORDER_YAML.format(listen=22121)))
+    assert [server.name for server in pool.servers] == SERVER_ORDER
+
+
+def test_server_order_is_nutcrackers(tmp_path: Path) -> None:
+    """The order of nutcracker's own stats JSON (one key per server, in its server order)."""
+    path = write(tmp_path, "c.yml", SERVER_ORDER_YAML.format(listen=free_port()))
+    stats_port = free_port()
+    command = [NUTCRACKER, "-c", path, "-s", stats_port, "-a", "127.0.0.1", "-i", "100"]
+    with ServerProcess([str(part) for part in command], stats_port) as nutcracker:
+        with socket.create_connection(("127.0.0.1", stats_port), timeout=5) as sock:
+            data = b""
+            while chunk := sock.recv(65536):  # nutcracker sends one JSON object and closes
+                data += chunk
+        pool_stats = json.loads(data)["alpha"]
+        assert nutcracker.proc is not None and nutcracker.proc.poll() is None
+    names = [key for key, value in pool_stats.items() if isinstance(value, dict)]
+    assert names == [server.name for server in one_pool(path).servers] == SERVER_ORDER
 
 
 # --------------------------------------------------------------------------- server lines
@@ -689,7 +730,9 @@ def test_toml_and_yaml_mean_the_same(pools: list[tuple[str, dict[str, object]]])
     for (name, keys), pool in zip(pools, from_toml, strict=True):
         lines = keys["servers"]
         assert pool.name == name and isinstance(lines, list)
-        assert pool.servers == tuple(parse_server(line) for line in lines)
+        # nutcracker's order: by name, shorter first, then bytewise (test_server_order)
+        servers = sorted(map(parse_server, lines), key=lambda s: (len(s.name.encode()), s.name))
+        assert pool.servers == tuple(servers)
         for key, value in keys.items():
             if key == "hash_tag":
                 assert pool.hash_tag == str(value).encode()

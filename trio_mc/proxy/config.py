@@ -15,6 +15,9 @@ readers feed one validator:
   the parser nutcracker itself uses) because ``safe_load`` would silently keep the last of two
   duplicate keys, which nutcracker refuses.
 
+A pool's servers are kept in nutcracker's order (sorted by name, see ``_nutcracker_order``),
+which is the order its distributions index and its stats list.
+
 Every problem is reported with its file, pool and key, and all of them are collected in one
 pass (``check``), so ``--test-conf`` shows a user everything to fix at once.
 
@@ -78,7 +81,7 @@ _YAML_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class ConfigError(Exception):
-    """A config that cannot be used; ``problems`` holds one line per problem, in file order."""
+    """A config that cannot be used; ``problems`` holds one line per problem."""
 
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("\n".join(problems))
@@ -130,7 +133,7 @@ class PoolConfig:
 
     name: str
     listen: ListenConfig
-    servers: tuple[ServerConfig, ...]
+    servers: tuple[ServerConfig, ...]  # in nutcracker's order (see _nutcracker_order)
     hash: str = "fnv1a_64"
     hash_tag: bytes | None = None  # two bytes: nutcracker counts bytes, so "é" is a valid tag
     distribution: str = "ketama"
@@ -160,7 +163,7 @@ def _bad(message: str) -> NoReturn:
 
 # --------------------------------------------------------------------------- values
 #
-# A converter takes a YAML scalar's text (``text=True``) or a TOML value, and returns the
+# A converter takes a YAML scalar's text (``from_yaml``) or a TOML value, and returns the
 # field's value or raises _Bad.  YAML text follows nutcracker's rules; TOML values must have
 # the matching TOML type.
 
@@ -176,8 +179,8 @@ def _number_text(text: str, what: str) -> int:
     return value
 
 
-def _number(value: object, text: bool) -> int:
-    if text:
+def _number(value: object, from_yaml: bool) -> int:
+    if from_yaml:
         assert isinstance(value, str)
         return _number_text(value, "")
     if isinstance(value, bool) or not isinstance(value, int):
@@ -187,19 +190,19 @@ def _number(value: object, text: bool) -> int:
     return value
 
 
-def _timeout(value: object, text: bool) -> int | None:
-    return _number(value, text) or None
+def _timeout(value: object, from_yaml: bool) -> int | None:
+    return _number(value, from_yaml) or None
 
 
-def _server_connections(value: object, text: bool) -> int:
-    number = _number(value, text)
+def _server_connections(value: object, from_yaml: bool) -> int:
+    number = _number(value, from_yaml)
     if number == 0:
         _bad("must be at least 1")
     return number
 
 
-def _bool(value: object, text: bool) -> bool:
-    if text:
+def _bool(value: object, from_yaml: bool) -> bool:
+    if from_yaml:
         if value == "true":
             return True
         if value == "false":
@@ -210,44 +213,45 @@ def _bool(value: object, text: bool) -> bool:
     return value
 
 
-def _string(value: object, text: bool) -> str:
+def _string(value: object, from_yaml: bool) -> str:
     if not isinstance(value, str):
         _bad(f"expected a string, got {_toml_type(value)}")
     return value
 
 
-def _hash(value: object, text: bool) -> str:
-    name = _string(value, text)
+def _hash(value: object, from_yaml: bool) -> str:
+    name = _string(value, from_yaml)
     if name not in HASHES:
         _bad(f"unknown hash {name!r} (one of: {', '.join(HASHES)})")
     return name
 
 
-def _distribution(value: object, text: bool) -> str:
-    name = _string(value, text)
+def _distribution(value: object, from_yaml: bool) -> str:
+    name = _string(value, from_yaml)
     if name not in DISTRIBUTIONS:
         _bad(f"unknown distribution {name!r} (one of: {', '.join(DISTRIBUTIONS)})")
     return name
 
 
-def _hash_tag(value: object, text: bool) -> bytes:
-    tag = _string(value, text).encode()
+def _hash_tag(value: object, from_yaml: bool) -> bytes:
+    tag = _string(value, from_yaml).encode()
     if len(tag) != 2:
         _bad(f"must be two characters (bytes), like '{{}}', got {len(tag)} bytes")
     return tag
 
 
-def _listen(value: object, text: bool) -> ListenConfig:
-    try:
-        return parse_listen(_string(value, text))
-    except ValueError as exc:
-        raise _Bad(str(exc)) from None
+def _listen(value: object, from_yaml: bool) -> ListenConfig:
+    return parse_listen(_string(value, from_yaml))
+
+
+_TOML_TYPES: Final[dict[type, str]] = {
+    bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+    list: "an array", dict: "a table",
+}  # fmt: skip
 
 
 def _toml_type(value: object) -> str:
-    kinds = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
-    kind = kinds.get(type(value))
-    return kind or ("an array" if isinstance(value, list) else "a table")
+    return _TOML_TYPES.get(type(value), f"a {type(value).__name__}")  # (or a date, a time)
 
 
 _Converter = Callable[[object, bool], Any]
@@ -362,7 +366,7 @@ class _RawPool:
     given: set[str]  # every key written, even one whose value the reader already refused
 
 
-def _build(pool: _RawPool, text: bool, problems: list[str]) -> PoolConfig | None:
+def _build(pool: _RawPool, from_yaml: bool, problems: list[str]) -> PoolConfig | None:
     """Validate one pool's entries into a PoolConfig, adding every problem found."""
     start = len(problems)
     fields: dict[str, Any] = {}
@@ -383,7 +387,7 @@ def _build(pool: _RawPool, text: bool, problems: list[str]) -> PoolConfig | None
         key = entry.key
         try:
             if key == SERVERS_KEY:
-                if not text and not isinstance(entry.value, list):
+                if not from_yaml and not isinstance(entry.value, list):
                     _bad(f"expected an array of server lines, got {_toml_type(entry.value)}")
                 for line in entry.value if isinstance(entry.value, list) else [entry.value]:
                     try:
@@ -395,7 +399,7 @@ def _build(pool: _RawPool, text: bool, problems: list[str]) -> PoolConfig | None
             elif key in fields:
                 _bad("duplicate key")
             else:
-                fields[key] = _CONVERTERS[key](entry.value, text)
+                fields[key] = _CONVERTERS[key](entry.value, from_yaml)
         except ValueError as exc:
             problem(entry.where, f"key {key!r}: {exc}")
             fields.setdefault(key, None)  # a bad value still counts for "duplicate key"
@@ -410,11 +414,23 @@ def _build(pool: _RawPool, text: bool, problems: list[str]) -> PoolConfig | None
         problem(pool.where, "key 'redis_auth': only valid in a redis pool")
     if len(problems) > start or fields.get("listen") is None or not servers:
         return None  # (a value the YAML reader refused is reported already)
-    return PoolConfig(name=pool.name, servers=tuple(servers.values()), **fields)
+    ordered = tuple(sorted(servers.values(), key=_nutcracker_order))
+    return PoolConfig(name=pool.name, servers=ordered, **fields)
+
+
+def _nutcracker_order(server: ServerConfig) -> tuple[int, bytes]:
+    """nutcracker's order of a pool's servers: by name, shorter names first, then bytewise.
+
+    nutcracker sorts a pool's servers to find duplicate names and keeps that order: modula's
+    indexes and the stats JSON follow it, not the file's order (observed: listing ``aa``
+    before ``b`` still makes ``b`` modula's server 0 and the first server in the stats).
+    """
+    name = server.name.encode()
+    return len(name), name
 
 
 def _validate(
-    pools: Sequence[_RawPool], text: bool, file: str, problems: list[str]
+    pools: Sequence[_RawPool], from_yaml: bool, file: str, problems: list[str]
 ) -> list[PoolConfig]:
     """Validate each pool, then what nutcracker checks across pools: names and listen text."""
     if not pools and not problems:
@@ -430,13 +446,14 @@ def _validate(
                 f"{pool.where}: pool {pool.name!r} is defined twice (first at {named[pool.name]})"
             )
         named.setdefault(pool.name, pool.where)
-        config = _build(pool, text, problems)
+        config = _build(pool, from_yaml, problems)
         if config is None:
             continue
         other = listening.setdefault(config.listen.text, pool.name)
         if other != pool.name:
+            address = config.listen.text
             problems.append(
-                f"{pool.where}: pool {pool.name!r}: listens on {config.listen.text!r} as pool {other!r} does"
+                f"{pool.where}: pool {pool.name!r}: listens on {address!r} as pool {other!r} does"
             )
         configs.append(config)
     return configs
