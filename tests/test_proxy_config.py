@@ -854,16 +854,23 @@ def nutcracker_configs(draw: st.DrawFn) -> str:
             keys = [key for key in keys if key not in ("redis_auth", "abort_on_timeout")]
         for key in draw(st.permutations(keys)):
             value = sometimes_wrong(draw, SCALARS[KEY_KINDS[key]])
-            lines.append(f"  {key}: {yaml_quote(value) if value else ''}".rstrip())
+            if rarely(draw):  # a one-item block sequence: nutcracker applies it as the value
+                lines += [f"  {key}:", f"    - {yaml_quote(value)}"]
+            else:
+                lines.append(f"  {key}: {yaml_quote(value) if value else ''}".rstrip())
         if not rarely(draw):
-            lines.append("  servers:")
+            servers = []
             for index in range(draw(st.integers(1, 3))):
                 parts = [sometimes_wrong(draw, choices) for choices in server_parts(index)]
                 if parts[0].startswith("/"):
                     parts[1] = ""  # a unix server has no port
-                lines.append(f"    - {yaml_quote(''.join(parts))}")
+                servers.append(yaml_quote("".join(parts)))
                 if rarely(draw):
-                    lines.append(lines[-1])  # the same server twice
+                    servers.append(servers[-1])  # the same server twice
+            if len(servers) == 1 and rarely(draw):
+                lines.append(f"  servers: {servers[0]}")  # valid only beside another sequence
+            else:
+                lines += ["  servers:"] + [f"    - {server}" for server in servers]
     return "\n".join(lines) + "\n"
 
 
