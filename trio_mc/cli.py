@@ -399,6 +399,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(parsed, str):
         sys.stdout.write(parsed)
         return 0
-    from trio_mc.server.serve import run  # noqa: PLC0415 (keep -h fast and trio-free)
+    from trio_mc.server.serve import run
 
     return run(parsed)

@@ -16,9 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from trio_mc.numbers import safe_strtol, safe_strtoul, safe_strtoull
-from trio_mc.protocol import base64
+from trio_mc.protocol import base64, replies
 from trio_mc.protocol import commands as cmd
-from trio_mc.protocol import replies
 
 #: memcached's MFLAG_MAX_OPT_LENGTH: more tokens than this (terminal one included) is an error.
 MAX_OPT_TOKENS = 20
@@ -125,9 +124,9 @@ def parse_meta(tokens: list[bytes], item_too_large: Callable[[int, int, int], bo
     if late_error is not None:
         command.late_error = late_error  # type: ignore[union-attr]
     if command.__class__ is cmd.MetaSet:
-        if item_too_large(len(command.key), command.client_flags, need):  # type: ignore[union-attr]
+        if item_too_large(len(command.key), command.client_flags, need):
             return cmd.MetaSwallow(replies.SERVER_ERROR_TOO_LARGE, need, command.key)
-        command.need = need  # type: ignore[union-attr]
+        command.need = need
     elif op == ord("a") and mode and mode not in _MA_MODES:
         return _err(b"CLIENT_ERROR invalid mode for ma M token")
     return command

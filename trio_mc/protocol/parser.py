@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
+from trio_mc.numbers import safe_strtol, safe_strtoul, safe_strtoull
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
 from trio_mc.protocol.meta import parse_meta
-from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
-from trio_mc.numbers import safe_strtol, safe_strtoul, safe_strtoull
 from trio_mc.sizes import too_large
 
 KEY_MAX_LENGTH = 250
@@ -233,7 +233,7 @@ class Parser:
         if len(tokens) > MAX_TOKENS and handler not in _UNBOUNDED:
             # memcached would see 23 tokens plus an unsplit remainder: too many for any
             # command but the get family.
-            tokens = tokens[:MAX_TOKENS] + [b""]
+            tokens = [*tokens[:MAX_TOKENS], b""]
         return handler(self, tokens)
 
     def _get(self, tokens: list[bytes], with_cas: bool, touch: bool) -> cmd.Command:
@@ -357,10 +357,10 @@ class Parser:
     def _meta(self, tokens: list[bytes]) -> cmd.Command | None:
         command = parse_meta(tokens, self._too_large)
         if command.__class__ is cmd.MetaSwallow:
-            self._swallow = command.need  # type: ignore[union-attr]
+            self._swallow = command.need
         elif command.__class__ is cmd.MetaSet:
-            self._pending = command  # type: ignore[assignment]
-            self._need = command.need  # type: ignore[union-attr]
+            self._pending = command
+            self._need = command.need
             return None
         return command
 

@@ -81,7 +81,7 @@ def _lru(args: list[bytes], ses: Session, out: Out) -> bytes:
     return replies.ERROR
 
 
-def _classes(spec: bytes, ses: Session) -> set[int] | None | bool:
+def _classes(spec: bytes, ses: Session) -> set[int] | bool | None:
     """An ``lru_crawler`` class list: ``None`` for all, ``False`` if invalid."""
     if spec in (b"all", b"hash"):
         return None

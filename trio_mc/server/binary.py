@@ -73,7 +73,9 @@ def _store(c: cmd.Binary, base: int, quiet: bool, s: Session, out: Out) -> Effec
     appending = base in (bp.APPEND, bp.PREPEND)
     flags, exptime = (0, 0) if appending else _STORE_EXTRAS.unpack(c.extras)
     mode = _STORE_MODES[base]
-    if c.too_large or (not appending and too_large(len(c.key), flags, len(c.value) + 2, s.settings.use_cas, s.settings.item_size_max)):
+    settings = s.settings
+    if c.too_large or (not appending and too_large(len(c.key), flags, len(c.value) + 2, settings.use_cas,
+                                                   settings.item_size_max)):
         s.store.too_large(SET, c.key)
         out += bp.error(c.opcode, c.opaque, bp.E2BIG)
         return None

@@ -181,7 +181,7 @@ class Conn:
                 await self._loop()
         except _DISCONNECTED:
             pass
-        except Exception as exc:  # a bug must cost one connection, not the worker
+        except Exception as exc:  # noqa: BLE001 (a bug must cost one connection, not the worker)
             print(f"<{self.fd} closing on internal error: {exc!r}", file=sys.stderr)
         finally:
             self.state = "conn_closing"

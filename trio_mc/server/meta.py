@@ -16,7 +16,13 @@ from trio_mc.protocol import replies
 from trio_mc.server.conn import Effect, Out
 from trio_mc.server.session import Session
 from trio_mc.store.results import (
-    TTL_RECACHE, TTL_REPORT, TTL_SET, TTL_VIVIFY, DeleteResult, DeltaResult, StoreResult,
+    TTL_RECACHE,
+    TTL_REPORT,
+    TTL_SET,
+    TTL_VIVIFY,
+    DeleteResult,
+    DeltaResult,
+    StoreResult,
 )
 
 #: The meta flags that are TTL operations, applied in request order.

@@ -13,12 +13,11 @@ from typing import Any
 
 import trio
 
-from trio_mc import MEMCACHED_VERSION
-from trio_mc import modes
+from trio_mc import MEMCACHED_VERSION, modes
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
 from trio_mc.server import stats
-from trio_mc.server.conn import CLOSE, QUIT, AUTHENTICATED, Effect, Out
+from trio_mc.server.conn import AUTHENTICATED, CLOSE, QUIT, Effect, Out
 from trio_mc.server.logger import Watcher, uriencode
 from trio_mc.server.session import Session
 from trio_mc.server.transport import Transport

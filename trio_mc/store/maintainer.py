@@ -17,7 +17,18 @@ from __future__ import annotations
 import itertools
 
 from trio_mc.store.items import (
-    ACTIVE, CLSID_AT, COLD, FETCHED, HEADER_SIZE, HOT, IFLAGS_AT, SEGMENT, TEMP, WARM, nbytes, unpack_header,
+    ACTIVE,
+    CLSID_AT,
+    COLD,
+    FETCHED,
+    HEADER_SIZE,
+    HOT,
+    IFLAGS_AT,
+    SEGMENT,
+    TEMP,
+    WARM,
+    nbytes,
+    unpack_header,
     with_segment,
 )
 from trio_mc.store.memory import Memory

@@ -16,11 +16,22 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
+from trio_mc.modes import SET
 from trio_mc.store.items import (
-    ACTIVE, CLSID_AT, COLD, FETCHED, HOT, IFLAGS_AT, SEGMENT, TEMP, WARM, item_cost, nbytes, unpack_header,
+    ACTIVE,
+    CLSID_AT,
+    COLD,
+    FETCHED,
+    HOT,
+    IFLAGS_AT,
+    SEGMENT,
+    TEMP,
+    WARM,
+    item_cost,
+    nbytes,
+    unpack_header,
 )
 from trio_mc.store.results import StoreResult
-from trio_mc.modes import SET
 from trio_mc.store.table import Table
 
 # One slot of the eviction queue (a deque stores a pointer per entry).

@@ -25,8 +25,18 @@ from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
 from trio_mc.sizes import too_large
 from trio_mc.store.counters import ClassStats, StoreStats
 from trio_mc.store.items import (
-    ACTIVE, CLSID_AT, HEADER_SIZE, KEY_BINARY, SEG_MASK, SEGMENT, STALE, TOKEN_SENT, VALUE_AT, pack_header,
-    unpack_header, with_segment,
+    ACTIVE,
+    CLSID_AT,
+    HEADER_SIZE,
+    KEY_BINARY,
+    SEG_MASK,
+    SEGMENT,
+    STALE,
+    TOKEN_SENT,
+    VALUE_AT,
+    pack_header,
+    unpack_header,
+    with_segment,
 )
 from trio_mc.store.meta import Meta
 from trio_mc.store.results import DeltaResult, MetaItem, StoreResult

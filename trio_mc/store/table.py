@@ -24,7 +24,15 @@ from trio_mc.sizes import item_total_size
 from trio_mc.store.clock import Clock
 from trio_mc.store.counters import ClassStats, StoreStats
 from trio_mc.store.items import (
-    CLSID_AT, HEADER_SIZE, IFLAGS_AT, SEGMENT, item_cost, nbytes, pack_record, unpack_header, with_segment,
+    CLSID_AT,
+    HEADER_SIZE,
+    IFLAGS_AT,
+    SEGMENT,
+    item_cost,
+    nbytes,
+    pack_record,
+    unpack_header,
+    with_segment,
 )
 from trio_mc.store.lru import ClassQueues
 from trio_mc.store.slabs import SlabClasses
