@@ -26,9 +26,22 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable
 
-__all__ = ["HASHES", "HashFn", "new_md5"] + [
-    "one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
-    "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins",
+__all__ = [
+    "HASHES",
+    "HashFn",
+    "crc16",
+    "crc32",
+    "crc32a",
+    "fnv1_32",
+    "fnv1_64",
+    "fnv1a_32",
+    "fnv1a_64",
+    "hsieh",
+    "jenkins",
+    "md5",
+    "murmur",
+    "new_md5",
+    "one_at_a_time",
 ]
 
 HashFn = Callable[[bytes], int]
