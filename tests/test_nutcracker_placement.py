@@ -165,7 +165,9 @@ class Pool:
     extra: dict[str, str] = field(default_factory=dict)  # more pool keys, as YAML text
 
     def lines(self, backends: Sequence[Backend]) -> list[str]:
-        return [s.format(*(b.address for b in backends)) for s in self.servers]
+        """The server lines; ``{port0}``.. stand for the TCP backends' bare port numbers."""
+        ports = {f"port{i}": b.address.rpartition(":")[2] for i, b in enumerate(backends)}
+        return [s.format(*(b.address for b in backends), **ports) for s in self.servers]
 
     def yaml(self, listen_port: int, lines: Sequence[str]) -> str:
         out = ["pool:", f"  listen: {HOST}:{listen_port}", "  timeout: 2000"]
@@ -201,7 +203,11 @@ def parse_line(line: str) -> LineServer:
 
 
 def backend_of(line: str, backends: Sequence[Backend]) -> Backend | None:
+    """The backend a server line connects to (ports compared by value), if one of ours."""
     address = line.partition(" ")[0].rsplit(":", 1)[0]
+    if not address.startswith("/"):
+        host, port = address.rsplit(":", 1)
+        address = f"{host}:{int(port)}"
     return next((b for b in backends if b.address == address), None)
 
 
@@ -296,10 +302,13 @@ def test_float32_keys_tell_float32_from_exact(monkeypatch: pytest.MonkeyPatch) -
     pytest.param(["{0}:1 server1", "{1}:29 server2", "{2}:30 server3"], id="named-w1-29-30"),
     pytest.param(["{0}:1 server1", "{1}:2 server2", "{2}:3 server3"], id="named-w123"),
     pytest.param(["{0}:5", "{1}:1", "{2}:1"], id="hostport-w511"),
+    pytest.param(["{2}:1 server3", "{0}:1 server1", "{1}:1 server2"], id="named-reordered"),
+    pytest.param(["{0}:1", "{1}:1000", "{2}:1000"], id="weight-with-no-points"),
     pytest.param(["{0}:1", "{1}:1", "{2}:1", "{3}:1"], id="unix-socket-unnamed"),
     pytest.param(["{0}:1", "{1}:1", "{3}:2 sock"], id="unix-socket-named"),
     pytest.param(["{0}:1", "{1}:1", DEAD + ":1"], id="port-11211"),
     pytest.param(["{0}:1 one", DEAD + ":1 two", "{1}:1 three"], id="port-11211-named"),
+    pytest.param(["127.0.0.1:0{port0}:1", "{1}:1", "127.0.0.1:011211:1"], id="port-leading-zero"),
     pytest.param(["{0}:1 " + "n" * 300, "{1}:1 b", "{2}:1 c"], id="name-over-272-bytes"),
     pytest.param(["{0}:1 sérveur", "{1}:1 σ", "{2}:2 服务器"], id="utf8-names"),
 ])
@@ -307,6 +316,13 @@ def test_float32_keys_tell_float32_from_exact(monkeypatch: pytest.MonkeyPatch) -
 def test_ketama_names_and_weights(hash: str, servers: list[str], backends: list[Backend],
                                   tmp_path: Path) -> None:
     run_case(Pool(servers, hash=hash, distribution="ketama"), backends, tmp_path)
+
+
+def test_a_light_server_can_get_no_point() -> None:
+    """Weight 1 beside 1000 and 1000: 1/2001 of 160*3 points rounds down to none."""
+    lines = ["h:1:1", "h:2:1000", "h:3:1000"]
+    continuum = continuum_of(Pool(lines, hash="md5"), lines)
+    assert 0 not in {continuum.server_for(k) for k in KEYS}
 
 
 def test_defaults_are_fnv1a_64_ketama(backends: list[Backend], tmp_path: Path) -> None:
