@@ -20,7 +20,9 @@ APPLE = (2297466611, 3195025439, 3662830516, 10542, 2838417488, 473199127, 14889
 
 # libmemcached's tests/hash_results.h: 25 words under the 10 hashes it shares with
 # twemproxy (its "crc" is twemproxy's crc32; it has no crc16 or crc32a).
-WORDS = ["apple", "beat", "carrot", "daikon", "eggplant", "flower", "green", "hide", "ick", "jack", "kick", "lime", "mushrooms", "nectarine", "orange", "peach", "quant", "ripen", "strawberry", "tang", "up", "volumne", "when", "yellow", "zip"]
+WORDS = ["apple", "beat", "carrot", "daikon", "eggplant", "flower", "green", "hide", "ick",
+         "jack", "kick", "lime", "mushrooms", "nectarine", "orange", "peach", "quant",
+         "ripen", "strawberry", "tang", "up", "volumne", "when", "yellow", "zip"]
 LIBMEMCACHED = {
     "one_at_a_time": (
         2297466611, 3902465932, 469785835, 1937308741, 261917617, 3785641677, 1439605128,

@@ -59,7 +59,7 @@ def _keys() -> list[bytes]:
         keys.append(bytes(body))
     words = ["ключ", "日本語", "café", "naïve", "straße", "θ", "ß", "€uro", "ü", "中文键"]
     keys += [f"{w}:{i}".encode() for w in words for i in range(3)]
-    keys += [b"{user%d}:profile" % i for i in range(10)] + [b"{user%d}:cart" % i for i in range(10)]
+    keys += [b"{user%d}:%s" % (i, part) for part in (b"profile", b"cart") for i in range(10)]
     keys += [b"{}x%d" % i for i in range(5)] + [b"{a%d}{b}" % i for i in range(5)]
     keys += [b"x{y%d" % i for i in range(5)] + [b"a}b{c%d}" % i for i in range(5)]
     keys += [b"$x%d$y" % i for i in range(5)] + [b"{\xc3\xa9%d}tail" % i for i in range(5)]
@@ -192,7 +192,7 @@ class LineServer:
 
 
 def parse_line(line: str) -> LineServer:
-    """``host:port:weight [name]`` or ``/path:weight [name]`` -> name (twemproxy's rule), weight."""
+    """``host:port:weight [name]`` or ``/path:weight [name]`` to twemproxy's name and weight."""
     address, _, name = line.partition(" ")
     if address.startswith("/"):
         host, weight = address.rsplit(":", 1)

@@ -140,12 +140,14 @@ def ketama(servers: Sequence[PoolServer], live: Sequence[int]) -> Dispatch:
     for i in live:
         server = servers[i]
         name = server.name.encode()
-        for n in range(ketama_points(server.weight, total, len(live)) // 4):
+        digests = ketama_points(server.weight, total, len(live)) // _KETAMA_POINTS_PER_HASH
+        for n in range(digests):
             host = b"%s-%d" % (name, n)
             digest = new_md5(host[:_KETAMA_MAX_HOSTLEN]).digest()
             points.extend((value, i) for value in _DIGEST_POINTS(digest))
-    # twemproxy sorts by value with glibc's qsort, a merge sort and so stable: equal values
-    # stay in server order, as ordering the (value, index) pairs does.
+    # twemproxy sorts by value alone with qsort; glibc's (2.36 in Debian 12, whose nutcracker
+    # we match) is a merge sort, so stable: equal values stay in server order, as ordering
+    # the (value, index) pairs does.  Equal values are rare (about 1 in 2**32 per pair).
     points.sort()
     values = [value for value, _ in points]
     owners = [i for _, i in points]
