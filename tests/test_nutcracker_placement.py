@@ -28,7 +28,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from procs import MEMCACHED, ServerProcess, free_port, start_memcached
+from procs import (
+    MEMCACHED,
+    START_ATTEMPTS,
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    start_memcached,
+)
 
 from trio_mc.proxy import distribution
 from trio_mc.proxy.distribution import Continuum, server_name
@@ -213,15 +220,31 @@ def backend_of(line: str, backends: Sequence[Backend]) -> Backend | None:
 
 @contextmanager
 def nutcracker(pool: Pool, lines: Sequence[str], tmp: Path) -> Iterator[socket.socket]:
-    """Run nutcracker on ``pool``; yield a client connection to it.  Stopped on exit."""
-    listen = free_port()
-    conf = tmp / "pool.yml"
-    conf.write_text(pool.yaml(listen, lines))
-    cmd = [NUTCRACKER, "-c", str(conf), "-s", str(free_port()), "-a", HOST,
-           "-p", str(tmp / "nutcracker.pid"), "-o", str(tmp / "nutcracker.log")]
-    with (ServerProcess(cmd, listen, name="nutcracker") as nut,
-          socket.create_connection((HOST, nut.port), timeout=IO_TIMEOUT) as sock):
-        yield sock
+    """Run nutcracker on ``pool``; yield a client connection to it.  Stopped on exit.
+
+    Its two ports were free a moment ago; if one was taken since, nutcracker exits at once
+    and is started again on fresh ones (at most START_ATTEMPTS times).
+    """
+    for attempt in range(1, START_ATTEMPTS + 1):
+        listen = free_port()
+        conf = tmp / "pool.yml"
+        conf.write_text(pool.yaml(listen, lines))
+        cmd = [NUTCRACKER, "-c", str(conf), "-s", str(free_port()), "-a", HOST,
+               "-p", str(tmp / "nutcracker.pid"), "-o", str(tmp / "nutcracker.log")]
+        nut = ServerProcess(cmd, listen, name="nutcracker")
+        try:
+            nut.start()
+        except ServerStartError as e:
+            nut.close()
+            if e.exited and attempt < START_ATTEMPTS:
+                continue
+            raise
+        try:
+            with socket.create_connection((HOST, nut.port), timeout=IO_TIMEOUT) as sock:
+                yield sock
+            return
+        finally:
+            nut.close()
 
 
 def set_keys(sock: socket.socket, keys: Sequence[bytes]) -> list[bytes]:
