@@ -1,0 +1,1 @@
+"""twemproxy-compatible proxy: key hashing and distribution."""
