@@ -2,44 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
 import trio.testing
-
+from helpers import Client, ClientFactory
 from procs import ServerProcess, start_trio_mc
+
 from trio_mc.server.conn import Conn, ConnGroup, StreamTransport
 from trio_mc.server.serve import make_store
 from trio_mc.server.state import ServerState
 from trio_mc.settings import Settings
 from trio_mc.store.clock import Clock
-
-ClientFactory = Callable[..., Awaitable["Client"]]
-
-
-class Client:
-    """The client end of an in-memory connection, with request/response helpers."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def read_until(self, terminator: bytes) -> bytes:
-        data = b""
-        with trio.fail_after(5):
-            while not data.endswith(terminator):
-                chunk = await self.stream.receive_some()
-                if not chunk:
-                    break
-                data += chunk
-        return data
-
-    async def ask(self, request: bytes, terminator: bytes = b"\r\n") -> bytes:
-        await self.send(request)
-        return await self.read_until(terminator)
 
 
 @pytest.fixture(scope="module")

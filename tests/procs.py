@@ -20,6 +20,9 @@ Small API, usable from any test module::
   ``close()``).
 * ``start_memcached(*extra)`` / ``start_trio_mc(*extra)`` -- started
   ``ServerProcess`` objects listening on 127.0.0.1 on a fresh port.
+* ``ask(sock, request, end)`` -- send a request on a blocking socket and read
+  until the reply ends with ``end`` (bounded: 10 s).
+* ``rss_kib(pid)`` -- a process's resident set size (``VmRSS``), in KiB.
 
 Only 127.0.0.1 is used.  If the process exits before its port accepts
 (e.g. the port was taken in the meantime), start is retried on a new port a
@@ -41,14 +44,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 __all__ = [
-    "REPO_ROOT",
     "MEMCACHED",
-    "free_port",
-    "wait_for_port",
+    "REPO_ROOT",
     "ServerProcess",
     "ServerStartError",
+    "ask",
+    "free_port",
+    "rss_kib",
     "start_memcached",
     "start_trio_mc",
+    "wait_for_port",
 ]
 
 HOST = "127.0.0.1"
@@ -252,3 +257,25 @@ def start_trio_mc(*extra_args: str) -> ServerProcess:
         return [sys.executable, "-m", "trio_mc", "serve", "-l", HOST, "-p", str(port),
                 *[str(a) for a in extra_args]]
     return _start_with_retries(cmd, name="trio_mc", cwd=REPO_ROOT)
+
+
+def ask(sock: socket.socket, request: bytes, end: bytes = b"\r\n") -> bytes:
+    """Send ``request`` and read until the reply ends with ``end`` (or 10 s pass)."""
+    sock.sendall(request)
+    data = b""
+    deadline = time.monotonic() + 10
+    while not data.endswith(end) and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def rss_kib(pid: int) -> int:
+    """The process's resident set size from ``/proc/<pid>/status`` (``VmRSS``), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")

@@ -8,8 +8,8 @@ import struct
 import pytest
 import trio
 import trio.testing
+from helpers import ClientFactory
 
-from conftest import ClientFactory
 from trio_mc.server.state import ServerState
 
 

@@ -6,10 +6,10 @@ import re
 
 import trio
 import trio.testing
+from helpers import ClientFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ClientFactory
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol.parser import Parser
 

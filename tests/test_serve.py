@@ -6,8 +6,8 @@ import threading
 
 import trio
 import trio.testing
+from helpers import ClientFactory
 
-from conftest import ClientFactory
 from trio_mc.server.serve import serve
 from trio_mc.server.state import ServerState
 from trio_mc.settings import Settings
