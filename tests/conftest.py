@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import trio
@@ -15,6 +15,8 @@ from trio_mc.server.serve import make_store
 from trio_mc.server.state import ServerState
 from trio_mc.settings import Settings
 from trio_mc.store.clock import Clock
+
+StreamPairFactory = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +40,17 @@ async def server_state() -> ServerState:
 
 @pytest.fixture
 async def connect(server_state: ServerState, nursery: trio.Nursery) -> AsyncIterator[ClientFactory]:
-    """Open an in-memory client connection to ``server_state``."""
+    """Open an in-memory client connection to ``server_state``.
+
+    All connections share one ``ConnGroup`` (one worker's loop).  ``pair`` makes the two
+    ends: the default buffers without bound; ``trio.testing.lockstep_stream_pair`` has no
+    buffer, so the server's sends wait until the client reads (a peer that does not read).
+    """
 
     group = ConnGroup(server_state, server_state.new_thread_stats())
 
-    async def factory() -> Client:
-        client, server = trio.testing.memory_stream_pair()
+    async def factory(pair: StreamPairFactory = trio.testing.memory_stream_pair) -> Client:
+        client, server = pair()
         conn = Conn(StreamTransport(server), group, fd=100 + len(server_state.conns),
                     addr="tcp:127.0.0.1:1", listen_addr="tcp:127.0.0.1:11211")
         nursery.start_soon(conn.run)

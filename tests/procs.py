@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 __all__ = [
+    "HOST",
     "MEMCACHED",
     "REPO_ROOT",
     "ServerProcess",
