@@ -5,11 +5,15 @@ reading costs the server one connection's output bound, and the other connection
 same worker keep being served.  The process test runs the attack against real memcached
 (which validates the harness: its RSS stays flat and the probe is answered at once) and
 against ``trio-mc serve``, both with one worker thread so the probe shares the attackers'
-event loop.  The in-memory test checks the same rule on one ``Conn`` of the test's loop.
+event loop.  A probe's latency leaves out the time the server and the probe waited for a
+CPU (``/proc/.../schedstat``), so a busy shared machine does not count against the server
+while a server busy with the attackers, or blocked, still does.  The in-memory test checks
+the same rule on one ``Conn`` of the test's loop.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -44,7 +48,10 @@ ATTACKER_RCVBUF = 4096
 #: arenas stay).  Kernel socket buffers are not part of RSS.  An unbounded server holds all
 #: 20 x 200 MB = 4 GB of replies (3.8 GB was measured before issue 7).
 RSS_GROWTH_BOUND_KIB = 200 * 1024
-#: Every request of the other client is answered within this (issue 7's acceptance).
+#: Every request of the other client is answered within this (issue 7's acceptance),
+#: not counting the time the server's busiest thread and the probe spent runnable but
+#: waiting for a CPU: on a shared 2-core machine at a load of 9, memcached itself took
+#: 0.6 s of wall time for some probes, with 0.85 s of every second spent on the run queue.
 LATENCY_BOUND = 0.100
 #: Past this growth the attack is stopped at once: enough to fail, and it spares the
 #: machine's memory (an unbounded server would take 4 GB).
@@ -54,9 +61,33 @@ ABORT_GROWTH_KIB = 1024 * 1024
 @dataclass
 class AttackResult:
     growth_kib: list[int] = field(default_factory=list)  # VmRSS minus baseline, per sample
-    latencies: list[float] = field(default_factory=list)  # seconds, per probe request
+    latencies: list[float] = field(default_factory=list)  # seconds, less run-queue waits
+    wall: list[float] = field(default_factory=list)  # seconds, per probe request
     attack_hits: int = 0  # gets of the attackers that the server executed
     aborted: bool = False
+
+
+def _run_queue_ns(path: str) -> tuple[int, int]:
+    """(on-CPU, waiting for a CPU) nanoseconds of one thread, from its ``schedstat``."""
+    try:
+        with open(path) as f:
+            on_cpu, waiting, _ = f.read().split()
+    except (FileNotFoundError, ProcessLookupError):  # the thread has exited
+        return 0, 0
+    return int(on_cpu), int(waiting)
+
+
+def _threads(pid: int) -> dict[str, tuple[int, int]]:
+    return {tid: _run_queue_ns(f"/proc/{pid}/task/{tid}/schedstat") for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def _waited_for_cpu(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> float:
+    """Seconds the thread that wanted a CPU most between two readings spent on the run queue."""
+    def wanted(tid: str) -> int:
+        on_cpu, waiting = before.get(tid, (0, 0))
+        return after[tid][0] - on_cpu + after[tid][1] - waiting
+    busiest = max(after, key=wanted)
+    return (after[busiest][1] - before.get(busiest, (0, 0))[1]) / 1e9
 
 
 def _get_hits(stats: bytes) -> int:
@@ -105,11 +136,16 @@ def _attack(server: ServerProcess, probe: socket.socket) -> AttackResult:
                 s.settimeout(5)
                 s.connect((HOST, server.port))
                 s.sendall(requests)  # 14 KB: fits the server's receive buffer even unread
+        me = f"/proc/self/task/{threading.get_native_id()}/schedstat"
         deadline = time.monotonic() + ATTACK_SECONDS
         while not done.is_set() and time.monotonic() < deadline:
+            server_before, my_wait = _threads(pid), _run_queue_ns(me)[1]
             start = time.monotonic()
             reply = ask(probe, GET, b"END\r\n")
-            result.latencies.append(time.monotonic() - start)
+            wall = time.monotonic() - start
+            waited = _waited_for_cpu(server_before, _threads(pid)) + (_run_queue_ns(me)[1] - my_wait) / 1e9
+            result.wall.append(wall)
+            result.latencies.append(max(0.0, wall - waited))
             assert reply == HIT
             time.sleep(PROBE_EVERY)
         hits = _get_hits(ask(probe, b"stats\r\n", b"END\r\n"))
@@ -129,12 +165,13 @@ def test_clients_that_do_not_read_cost_bounded_memory_and_no_latency(
         assert ask(probe, SET) == b"STORED\r\n"
         assert ask(probe, GET, b"END\r\n") == HIT  # the value's slab page and buffers exist
         result = _attack(server, probe)
-        assert ask(probe, b"version\r\n").startswith(b"VERSION ")  # still serving
+        assert ask(probe, b"version\r\n") == b"VERSION 1.6.18\r\n"  # still serving
     grown_mb = max(result.growth_kib) / 1024
     report = (f"RSS growth max {grown_mb:.0f} MB (samples, MB: "
               f"{[round(g / 1024) for g in result.growth_kib]}), aborted={result.aborted}, "
-              f"probe latency max {max(result.latencies, default=0) * 1000:.0f} ms over "
-              f"{len(result.latencies)} requests, {result.attack_hits} of the attackers' gets executed")
+              f"probe latency max {max(result.latencies, default=0) * 1000:.0f} ms less run-queue waits, "
+              f"{max(result.wall, default=0) * 1000:.0f} ms wall, over {len(result.latencies)} requests, "
+              f"{result.attack_hits} of the attackers' gets executed")
     assert max(result.growth_kib) <= RSS_GROWTH_BOUND_KIB, report
     assert result.latencies and max(result.latencies) <= LATENCY_BOUND, report
     assert result.attack_hits >= ATTACKERS, report  # the attack did reach the server
