@@ -40,8 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Any, Self
 
 __all__ = [
     "HOST",
@@ -66,7 +67,7 @@ STOP_TIMEOUT = 5.0  # seconds to wait after SIGTERM before SIGKILL
 START_ATTEMPTS = 3  # tries with fresh ports if the process dies early
 
 
-_LIVE: "set[ServerProcess]" = set()
+_LIVE: set[ServerProcess] = set()
 
 
 @atexit.register
@@ -92,7 +93,8 @@ def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def wait_for_port(port: int, timeout: float = START_TIMEOUT,
@@ -122,7 +124,7 @@ class ServerProcess:
     ``output()``.
     """
 
-    def __init__(self, cmd: Sequence[str], port: int, *, cwd: str | os.PathLike | None = None,
+    def __init__(self, cmd: Sequence[str], port: int, *, cwd: str | os.PathLike[str] | None = None,
                  env: dict[str, str] | None = None, name: str | None = None,
                  start_timeout: float = START_TIMEOUT, stop_timeout: float = STOP_TIMEOUT):
         self.cmd = [str(c) for c in cmd]
@@ -132,27 +134,27 @@ class ServerProcess:
         self.name = name or Path(self.cmd[0]).name
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
-        self.proc: subprocess.Popen | None = None
-        self._log = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     def __repr__(self) -> str:
         state = "not started" if self.proc is None else f"pid={self.proc.pid}"
         return f"<ServerProcess {self.name} port={self.port} {state}>"
 
     # -- lifecycle -------------------------------------------------------
-    def start(self) -> "ServerProcess":
+    def start(self) -> Self:
         """Start the process and wait until its port accepts (bounded)."""
         if self.proc is not None:
             return self
-        self._log = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")
-        self.proc = subprocess.Popen(
+        self._log = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115 (closed by close())
+        self.proc = proc = subprocess.Popen(
             self.cmd, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         _LIVE.add(self)
         ok = wait_for_port(self.port, self.start_timeout,
-                           alive=lambda: self.proc.poll() is None)
+                           alive=lambda: proc.poll() is None)
         if not ok:
-            rc = self.proc.poll()
+            rc = proc.poll()
             self.stop()
             out = self.output()
             raise ServerStartError(
@@ -212,14 +214,14 @@ class ServerProcess:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _start_with_retries(make_cmd: Callable[[int], list[str]], **kw) -> ServerProcess:
+def _start_with_retries(make_cmd: Callable[[int], list[str]], **kw: Any) -> ServerProcess:
     last: ServerStartError | None = None
     for _ in range(START_ATTEMPTS):
         port = free_port()
