@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import trio
 import trio.testing
-
+from helpers import Client, ClientFactory
 from procs import ServerProcess, start_trio_mc
 from trio_mc.server.conn import ConnGroup
 from trio_mc.server.handlers import open_conn
@@ -17,31 +17,7 @@ from trio_mc.server.state import ServerState
 from trio_mc.settings import Settings
 from trio_mc.store.clock import Clock
 
-ClientFactory = Callable[..., Awaitable["Client"]]
-
-
-class Client:
-    """The client end of an in-memory connection, with request/response helpers."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def read_until(self, terminator: bytes) -> bytes:
-        data = b""
-        with trio.fail_after(5):
-            while not data.endswith(terminator):
-                chunk = await self.stream.receive_some()
-                if not chunk:
-                    break
-                data += chunk
-        return data
-
-    async def ask(self, request: bytes, terminator: bytes = b"\r\n") -> bytes:
-        await self.send(request)
-        return await self.read_until(terminator)
+StreamPairFactory = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +41,18 @@ async def server_state() -> ServerState:
 
 @pytest.fixture
 async def connect(server_state: ServerState, nursery: trio.Nursery) -> AsyncIterator[ClientFactory]:
-    """Open an in-memory client connection to ``server_state``."""
+    """Open an in-memory client connection to ``server_state``.
+
+    All connections share one ``ConnGroup`` (one worker's loop).  ``pair`` makes the two
+    ends: the default buffers without bound; ``trio.testing.lockstep_stream_pair`` has no
+    buffer, so the server's sends wait until the client reads (a peer that does not read).
+    """
 
     group = ConnGroup(server_state.settings, server_state.store.clock, server_state.new_thread_stats(),
                       server_state)
 
-    async def factory() -> Client:
-        client, server = trio.testing.memory_stream_pair()
+    async def factory(pair: StreamPairFactory = trio.testing.memory_stream_pair) -> Client:
+        client, server = pair()
         conn = open_conn(server_state, StreamTransport(server), group, fd=100 + len(server_state.conns),
                          addr="tcp:127.0.0.1:1", listen_addr="tcp:127.0.0.1:11211")
         nursery.start_soon(conn.run)

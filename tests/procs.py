@@ -20,6 +20,9 @@ Small API, usable from any test module::
   ``close()``).
 * ``start_memcached(*extra)`` / ``start_trio_mc(*extra)`` -- started
   ``ServerProcess`` objects listening on 127.0.0.1 on a fresh port.
+* ``ask(sock, request, end)`` -- send a request on a blocking socket and read
+  until the reply ends with ``end`` (bounded: 10 s).
+* ``rss_kib(pid)`` -- a process's resident set size (``VmRSS``), in KiB.
 
 Only 127.0.0.1 is used.  If the process exits before its port accepts
 (e.g. the port was taken in the meantime), start is retried on a new port a
@@ -37,18 +40,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Any, Self
 
 __all__ = [
-    "REPO_ROOT",
+    "HOST",
     "MEMCACHED",
-    "free_port",
-    "wait_for_port",
+    "REPO_ROOT",
     "ServerProcess",
     "ServerStartError",
+    "ask",
+    "free_port",
+    "rss_kib",
     "start_memcached",
     "start_trio_mc",
+    "wait_for_port",
 ]
 
 HOST = "127.0.0.1"
@@ -60,7 +67,7 @@ STOP_TIMEOUT = 5.0  # seconds to wait after SIGTERM before SIGKILL
 START_ATTEMPTS = 3  # tries with fresh ports if the process dies early
 
 
-_LIVE: "set[ServerProcess]" = set()
+_LIVE: set[ServerProcess] = set()
 
 
 @atexit.register
@@ -86,7 +93,8 @@ def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def wait_for_port(port: int, timeout: float = START_TIMEOUT,
@@ -116,7 +124,7 @@ class ServerProcess:
     ``output()``.
     """
 
-    def __init__(self, cmd: Sequence[str], port: int, *, cwd: str | os.PathLike | None = None,
+    def __init__(self, cmd: Sequence[str], port: int, *, cwd: str | os.PathLike[str] | None = None,
                  env: dict[str, str] | None = None, name: str | None = None,
                  start_timeout: float = START_TIMEOUT, stop_timeout: float = STOP_TIMEOUT):
         self.cmd = [str(c) for c in cmd]
@@ -126,27 +134,27 @@ class ServerProcess:
         self.name = name or Path(self.cmd[0]).name
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
-        self.proc: subprocess.Popen | None = None
-        self._log = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     def __repr__(self) -> str:
         state = "not started" if self.proc is None else f"pid={self.proc.pid}"
         return f"<ServerProcess {self.name} port={self.port} {state}>"
 
     # -- lifecycle -------------------------------------------------------
-    def start(self) -> "ServerProcess":
+    def start(self) -> Self:
         """Start the process and wait until its port accepts (bounded)."""
         if self.proc is not None:
             return self
-        self._log = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")
-        self.proc = subprocess.Popen(
+        self._log = tempfile.TemporaryFile(prefix=f"{self.name}-", suffix=".log")  # noqa: SIM115 (closed by close())
+        self.proc = proc = subprocess.Popen(
             self.cmd, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         _LIVE.add(self)
         ok = wait_for_port(self.port, self.start_timeout,
-                           alive=lambda: self.proc.poll() is None)
+                           alive=lambda: proc.poll() is None)
         if not ok:
-            rc = self.proc.poll()
+            rc = proc.poll()
             self.stop()
             out = self.output()
             raise ServerStartError(
@@ -206,14 +214,14 @@ class ServerProcess:
             self._log.close()
             self._log = None
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def _start_with_retries(make_cmd: Callable[[int], list[str]], **kw) -> ServerProcess:
+def _start_with_retries(make_cmd: Callable[[int], list[str]], **kw: Any) -> ServerProcess:
     last: ServerStartError | None = None
     for _ in range(START_ATTEMPTS):
         port = free_port()
@@ -252,3 +260,25 @@ def start_trio_mc(*extra_args: str) -> ServerProcess:
         return [sys.executable, "-m", "trio_mc", "serve", "-l", HOST, "-p", str(port),
                 *[str(a) for a in extra_args]]
     return _start_with_retries(cmd, name="trio_mc", cwd=REPO_ROOT)
+
+
+def ask(sock: socket.socket, request: bytes, end: bytes = b"\r\n") -> bytes:
+    """Send ``request`` and read until the reply ends with ``end`` (or 10 s pass)."""
+    sock.sendall(request)
+    data = b""
+    deadline = time.monotonic() + 10
+    while not data.endswith(end) and time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def rss_kib(pid: int) -> int:
+    """The process's resident set size from ``/proc/<pid>/status`` (``VmRSS``), in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")

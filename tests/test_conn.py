@@ -8,8 +8,8 @@ import struct
 import pytest
 import trio
 import trio.testing
+from helpers import ClientFactory, frame, response_frames
 
-from conftest import ClientFactory
 from trio_mc.server.state import ServerState
 
 
@@ -219,41 +219,25 @@ async def test_random_commands_never_break_the_server(
     assert "internal error" not in capsys.readouterr().err
 
 
-def _frame(opcode: int, key: bytes = b"", extras: bytes = b"", value: bytes = b"", cas: int = 0,
-           opaque: int = 7) -> bytes:
-    return struct.pack(">BBHBBHIIQ", 0x80, opcode, len(key), len(extras), 0, 0,
-                       len(extras) + len(key) + len(value), opaque, cas) + extras + key + value
-
-
-def _frames(data: bytes) -> list[tuple[int, int, bytes, bytes, bytes]]:
-    """(opcode, status, extras, key, value) per response frame."""
-    out = []
-    while data:
-        _, op, klen, elen, _, status, blen, _, _ = struct.unpack(">BBHBBHIIQ", data[:24])
-        body, data = data[24:24 + blen], data[24 + blen:]
-        out.append((op, status, body[:elen], body[elen:elen + klen], body[elen + klen:]))
-    return out
-
-
 async def test_binary_protocol_on_a_connection(connect: ClientFactory) -> None:
     c = await connect()
     await c.send(
-        _frame(0x01, b"k", struct.pack(">II", 5, 0), b"hello")  # set
-        + _frame(0x0C, b"k")  # getk
-        + _frame(0x09, b"missing")  # getq: a miss says nothing
-        + _frame(0x05, b"n", struct.pack(">QQI", 1, 10, 0))  # incr, created at 10
-        + _frame(0x05, b"n", struct.pack(">QQI", 5, 0, 0))  # incr by 5
-        + _frame(0x02, b"k", struct.pack(">II", 0, 0), b"x")  # add on an existing key
-        + _frame(0x42)  # unknown opcode
-        + _frame(0x0A)  # noop ends the batch
+        frame(0x01, b"k", struct.pack(">II", 5, 0), b"hello")  # set
+        + frame(0x0C, b"k")  # getk
+        + frame(0x09, b"missing")  # getq: a miss says nothing
+        + frame(0x05, b"n", struct.pack(">QQI", 1, 10, 0))  # incr, created at 10
+        + frame(0x05, b"n", struct.pack(">QQI", 5, 0, 0))  # incr by 5
+        + frame(0x02, b"k", struct.pack(">II", 0, 0), b"x")  # add on an existing key
+        + frame(0x42)  # unknown opcode
+        + frame(0x0A)  # noop ends the batch
     )
     data = b""
     with trio.fail_after(5):
         while data.count(b"\x81\x0a") < 1 or len(data) < 24 * 7:
             data += await c.stream.receive_some()
-    replies = _frames(data)
-    assert replies[0][:2] == (0x01, 0)
-    assert replies[1] == (0x0C, 0, struct.pack(">I", 5), b"k", b"hello")
-    assert replies[2][4] == struct.pack(">Q", 10) and replies[3][4] == struct.pack(">Q", 15)
-    assert replies[4][:2] == (0x02, 2) and replies[4][4] == b"Data exists for key."
-    assert replies[5][:2] == (0x42, 0x81) and replies[6][:2] == (0x0A, 0)
+    replies = response_frames(data)
+    assert [(r.opcode, r.status, r.opaque) for r in replies] == [
+        (0x01, 0, 7), (0x0C, 0, 7), (0x05, 0, 7), (0x05, 0, 7), (0x02, 2, 7), (0x42, 0x81, 7), (0x0A, 0, 7)]
+    assert replies[1][4:] == (struct.pack(">I", 5), b"k", b"hello")
+    assert replies[2].value == struct.pack(">Q", 10) and replies[3].value == struct.pack(">Q", 15)
+    assert replies[4].value == b"Data exists for key." and replies[5].value == b"Unknown command"

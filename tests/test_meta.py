@@ -6,11 +6,12 @@ import re
 
 import trio
 import trio.testing
+from helpers import ClientFactory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import ClientFactory
 from trio_mc.protocol import commands as cmd
+from trio_mc.protocol import replies
 from trio_mc.protocol.parser import Parser
 
 
@@ -105,8 +106,16 @@ _REPLY = re.compile(
 @given(st.sampled_from([b"mg", b"ms", b"md", b"ma", b"me"]), st.lists(_token, max_size=8))
 def test_random_meta_flags_parse_to_commands(op: bytes, flags: list[bytes]) -> None:
     line = b" ".join([op, b"key", *([b"3"] if op == b"ms" else []), *flags]) + b"\r\nabc\r\n"
-    out = Parser().feed(line)
-    assert out and all(isinstance(c, cmd.Command.__args__) for c in out)  # type: ignore[attr-defined]
+    parser = Parser()
+    out = parser.feed(line)
+    assert parser.buffered == 0 and not parser.closed
+    if op == b"ms":  # the data block is taken, even behind a refused line (memcached swallows it)
+        assert len(out) == 1
+    else:  # "abc" is the next command line, an unknown command
+        assert len(out) == 2 and out[1] == cmd.Reply(replies.ERROR)
+    first = out[0]
+    refusal = first.data if isinstance(first, cmd.Reply) else first.reply if isinstance(first, cmd.MetaSwallow) else None
+    assert refusal is None or refusal.startswith(b"CLIENT_ERROR ") and refusal.endswith(b"\r\n")
 
 
 async def test_random_meta_flags_answer_well_formed(connect: ClientFactory) -> None:

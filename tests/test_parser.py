@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+from collections.abc import Callable
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_mc.numbers import safe_strtol, safe_strtoul, safe_strtoull
-from trio_mc.modes import SET
+from trio_mc.modes import CAS, SET
+from trio_mc.numbers import safe_strtol, safe_strtoll, safe_strtoul, safe_strtoull
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
 from trio_mc.protocol.parser import Parser
@@ -22,8 +26,7 @@ def test_storage_command_with_data_block() -> None:
 
 
 def test_cas_and_noreply() -> None:
-    [c] = parse(b"cas k 0 0 1 77 noreply\r\nx\r\n")
-    assert isinstance(c, cmd.Store) and c.cas == 77 and c.noreply
+    assert parse(b"cas k 0 0 1 77 noreply\r\nx\r\n") == [cmd.Store(CAS, b"k", 0, 0, b"x\r\n", 77, True)]
 
 
 def test_get_many_keys_and_gat() -> None:
@@ -58,11 +61,11 @@ def test_bad_numbers_and_noreply_silences_the_error() -> None:
 
 
 def test_32_bit_truncation_quirks() -> None:
-    [c] = parse(b"set a 4294967296 4294967296 4294967299\r\nabc\r\n")
-    assert isinstance(c, cmd.Store)
-    assert (c.flags, c.exptime, c.data) == (0, 0, b"abc\r\n")
-    [c] = parse(b"set a 0 2147483648 1\r\nx\r\n")
-    assert isinstance(c, cmd.Store) and c.exptime == -(2**31)
+    # flags and exptime are stored into 32 bits, the length too (4294967299 -> 3).
+    assert parse(b"set a 4294967296 4294967296 4294967299\r\nabc\r\n") == [
+        cmd.Store(SET, b"a", 0, 0, b"abc\r\n", 0, False)]
+    assert parse(b"set a 0 2147483648 1\r\nx\r\n") == [
+        cmd.Store(SET, b"a", 0, -(2**31), b"x\r\n", 0, False)]
 
 
 def test_bad_data_chunk() -> None:
@@ -176,19 +179,67 @@ def test_any_split_parses_the_same(stream: list[bytes], data: st.DataObject) -> 
     assert got == expected
 
 
+_FRAGMENTS = [b"get a\r\n", b"set k 0 0 3\r\n", b"abc\r\n", b"\r\n", b"\n", b"mg k v\r\n", b"ms k 2\r\n",
+              b"x" * 300, b"quit\r\n", b" ", b"GET / HTTP/1.1\r\n", b"set k 0 0 5000\r\n"]
+
+
 @settings(max_examples=500, deadline=None)
-@given(st.lists(st.binary(max_size=200), max_size=8))
-def test_garbage_never_raises(chunks: list[bytes]) -> None:
+@given(st.lists(st.binary(max_size=200) | st.sampled_from(_FRAGMENTS), max_size=10))
+def test_garbage_in_any_chunks_parses_as_in_one_piece(chunks: list[bytes]) -> None:
     p = Parser(item_size_max=4096)
-    for chunk in chunks:
-        for c in p.feed(chunk):
-            assert isinstance(c, cmd.Command.__args__)  # type: ignore[attr-defined]
+    got = [c for chunk in chunks for c in p.feed(chunk)]
+    assert got == Parser(item_size_max=4096).feed(b"".join(chunks))
     assert p.buffered <= sum(map(len, chunks))
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=" 0123456789-+abc\t", max_size=12).map(str.encode))
-def test_numbers_never_raise(token: bytes) -> None:
-    for fn in (safe_strtol, safe_strtoul, safe_strtoull):
-        value = fn(token)
-        assert value is None or isinstance(value, int)
+# -- numbers: memcached's safe_strto* wrappers around the C library's own strto* --------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+#: Our function -> (the libc function under memcached's wrapper, whether it is unsigned).
+#: long and long long are both 64 bits here (LP64 Linux).
+_STRTO: dict[Callable[[bytes], int | None], tuple[str, bool]] = {
+    safe_strtoull: ("strtoull", True),
+    safe_strtoul: ("strtoul", True),
+    safe_strtoll: ("strtoll", False),
+    safe_strtol: ("strtol", False),
+}
+
+
+def _memcached_safe_strto(fn: Callable[[bytes], int | None], token: bytes) -> int | None:
+    """memcached's util.c on top of libc: no digits or ERANGE fail; the number must end the
+    string or be followed by white space; a value that is negative as a signed number fails
+    if the string holds a '-' (unsigned); the 32-bit variants store into 32 bits."""
+    name, unsigned = _STRTO[fn]
+    strto = getattr(_libc, name)
+    strto.restype = ctypes.c_uint64 if unsigned else ctypes.c_int64
+    strto.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
+    buf = ctypes.create_string_buffer(token)
+    end = ctypes.c_void_p()
+    ctypes.set_errno(0)
+    value = int(strto(ctypes.addressof(buf), ctypes.byref(end), 10))
+    consumed = (end.value or 0) - ctypes.addressof(buf)
+    if ctypes.get_errno() == errno.ERANGE or consumed == 0:
+        return None
+    rest = token[consumed:]
+    if rest and not rest[:1].isspace():
+        return None
+    if unsigned and value >= 2**63 and b"-" in token:
+        return None
+    if fn is safe_strtoul:
+        return value & 0xFFFFFFFF
+    if fn is safe_strtol:
+        return (value + 2**31) % 2**32 - 2**31
+    return value
+
+
+_long_numbers = st.tuples(
+    st.sampled_from(["", " ", "\t", "+", "-", " -", "00"]), st.integers(0, 2**65),
+    st.sampled_from(["", " ", "\t", "\r\n", " 5", "x", "+", "_0"]),
+).map(lambda t: f"{t[0]}{t[1]}{t[2]}".encode())
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(list(_STRTO)),
+       st.text(alphabet=" 0123456789-+abc\t\n\v\f\r", max_size=12).map(str.encode) | _long_numbers)
+def test_numbers_are_parsed_as_memcacheds_safe_strto(fn: Callable[[bytes], int | None], token: bytes) -> None:
+    assert fn(token) == _memcached_safe_strto(fn, token)

@@ -15,35 +15,14 @@ from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
-
-from procs import REPO_ROOT, ServerProcess, start_trio_mc
+from procs import REPO_ROOT, ServerProcess, ask, rss_kib, start_trio_mc
 
 SERVE = [sys.executable, "-m", "trio_mc", "serve"]
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
-def _ask(sock: socket.socket, request: bytes, end: bytes = b"\r\n") -> bytes:
-    sock.sendall(request)
-    data = b""
-    deadline = time.monotonic() + 10
-    while not data.endswith(end) and time.monotonic() < deadline:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def _stats(port: int) -> dict[str, str]:
     with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as s:
-        reply = _ask(s, b"stats\r\n", b"END\r\n").decode()
+        reply = ask(s, b"stats\r\n", b"END\r\n").decode()
     return {line.split()[1]: line.split()[2] for line in reply.splitlines() if line.startswith("STAT ")}
 
 
@@ -78,7 +57,7 @@ def test_signals_stop_cleanly(signum: int) -> None:
     proc = start_trio_mc("-t", "4")
     try:
         clients = [socket.create_connection(("127.0.0.1", proc.port), timeout=5) for _ in range(20)]
-        assert all(_ask(c, b"version\r\n") == b"VERSION 1.6.18\r\n" for c in clients)
+        assert all(ask(c, b"version\r\n") == b"VERSION 1.6.18\r\n" for c in clients)
         assert proc.proc is not None
         proc.proc.send_signal(signum)
         assert proc.proc.wait(timeout=10) == 0
@@ -101,7 +80,7 @@ def test_sigusr1_under_load_loses_no_acknowledged_reply() -> None:
                 if stop.is_set() and i % 50 == 0:
                     time.sleep(0.001)
                 try:
-                    reply = _ask(s, b"set c%d:%d 0 0 3\r\n%03d\r\n" % (n, i, i % 1000))
+                    reply = ask(s, b"set c%d:%d 0 0 3\r\n%03d\r\n" % (n, i, i % 1000))
                 except OSError:
                     return
                 if reply != b"STORED\r\n":
@@ -129,7 +108,7 @@ def test_maxconns_rejects_with_memcached_error_and_keeps_serving() -> None:
     proc = start_trio_mc("-c", "24", "-t", "1")
     try:
         first = socket.create_connection(("127.0.0.1", proc.port), timeout=5)
-        assert _ask(first, b"version\r\n") == b"VERSION 1.6.18\r\n"
+        assert ask(first, b"version\r\n") == b"VERSION 1.6.18\r\n"
         others = [socket.create_connection(("127.0.0.1", proc.port), timeout=5) for _ in range(30)]
         replies = []
         for s in others:  # a refused client is told at once, without asking anything
@@ -138,10 +117,10 @@ def test_maxconns_rejects_with_memcached_error_and_keeps_serving() -> None:
                 replies.append(s.recv(100))
             except TimeoutError:
                 s.settimeout(5)
-                replies.append(_ask(s, b"version\r\n"))
+                replies.append(ask(s, b"version\r\n"))
         assert b"ERROR Too many open connections\r\n" in replies
         assert b"VERSION 1.6.18\r\n" in replies
-        reply = _ask(first, b"stats\r\n", b"END\r\n")
+        reply = ask(first, b"stats\r\n", b"END\r\n")
         rejected = int(reply.split(b"STAT rejected_connections ")[1].split(b"\r\n")[0])
         assert rejected == replies.count(b"ERROR Too many open connections\r\n") > 0
         for s in [first, *others]:
@@ -160,8 +139,8 @@ def test_unix_socket_with_mask() -> None:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         with closing(socket.socket(socket.AF_UNIX)) as s:
             s.connect(path)
-            assert _ask(s, b"set u 0 0 1\r\nx\r\nget u\r\n", b"END\r\n") == b"STORED\r\nVALUE u 0 1\r\nx\r\nEND\r\n"
-            assert b"addr unix:" + path.encode() in _ask(s, b"stats conns\r\n", b"END\r\n")
+            assert ask(s, b"set u 0 0 1\r\nx\r\nget u\r\n", b"END\r\n") == b"STORED\r\nVALUE u 0 1\r\nx\r\nEND\r\n"
+            assert b"addr unix:" + path.encode() in ask(s, b"stats conns\r\n", b"END\r\n")
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
@@ -171,14 +150,14 @@ def test_unix_socket_with_mask() -> None:
 def test_huge_declared_value_is_swallowed_without_buffering(server: ServerProcess) -> None:
     assert server.proc is not None
     with closing(socket.create_connection(("127.0.0.1", server.port), timeout=10)) as s:
-        assert _ask(s, b"version\r\n") == b"VERSION 1.6.18\r\n"
-        before = _rss_kib(server.proc.pid)
+        assert ask(s, b"version\r\n") == b"VERSION 1.6.18\r\n"
+        before = rss_kib(server.proc.pid)
         s.sendall(b"set big 0 0 2000000000\r\n")
-        assert _ask(s, b"") == b"SERVER_ERROR object too large for cache\r\n"
+        assert ask(s, b"") == b"SERVER_ERROR object too large for cache\r\n"
         chunk = b"z" * (1 << 20)
         for _ in range(200):  # 200 MiB of the declared 2 GB
             s.sendall(chunk)
-        assert _rss_kib(server.proc.pid) - before < 20_000
+        assert rss_kib(server.proc.pid) - before < 20_000
         assert _stats(server.port)["store_too_large"] == "1"
 
 
@@ -186,17 +165,17 @@ def test_memory_limit_bounds_the_process() -> None:
     proc = start_trio_mc("-m", "16", "-t", "1")
     try:
         assert proc.proc is not None
-        empty = _rss_kib(proc.proc.pid)
+        empty = rss_kib(proc.proc.pid)
         value = b"v" * 100
         with closing(socket.create_connection(("127.0.0.1", proc.port), timeout=30)) as s:
             batch = 1000
             for start in range(0, 4 * 16 * 1024 * 1024 // 150, batch):  # 4x -m of 150-byte items
                 s.sendall(b"".join(b"set key:%d 0 0 100 noreply\r\n%b\r\n" % (i, value)
                                    for i in range(start, start + batch)))
-            assert _ask(s, b"version\r\n") == b"VERSION 1.6.18\r\n"
+            assert ask(s, b"version\r\n") == b"VERSION 1.6.18\r\n"
         stats = _stats(proc.port)
         assert int(stats["evictions"]) > 0
-        grown_kib = _rss_kib(proc.proc.pid) - empty
+        grown_kib = rss_kib(proc.proc.pid) - empty
         assert grown_kib <= 1.10 * 16 * 1024, f"RSS grew {grown_kib} KiB for -m 16"
     finally:
         proc.close()
@@ -215,7 +194,7 @@ def test_port_file_and_udp_binding(tmp_path: os.PathLike[str]) -> None:
         tcp, udp = int(ports["TCP INET"]), int(ports["UDP INET"])
         assert tcp != 11211 and udp != 11211
         with closing(socket.create_connection(("127.0.0.1", tcp), timeout=5)) as s:
-            conns = _ask(s, b"stats conns\r\n", b"END\r\n")
+            conns = ask(s, b"stats conns\r\n", b"END\r\n")
         assert b"addr udp:127.0.0.1:%d" % udp in conns
     finally:
         proc.terminate()

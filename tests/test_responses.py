@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from procs import ServerProcess, start_memcached
-from test_process import _ask
+from procs import ask
 
 from trio_mc.protocol import requests as rq
 from trio_mc.protocol import responses as rs
@@ -317,7 +317,7 @@ _FENCE_REPLY = b"EN kfence-key\r\n"
 def _exchange(sock: socket.socket, request: bytes) -> bytes:
     """Send a request and a fence (a miss no reply can end like); return the reply bytes
     that came before the fence's."""
-    data = _ask(sock, request + _FENCE, _FENCE_REPLY)
+    data = ask(sock, request + _FENCE, _FENCE_REPLY)
     assert data.endswith(_FENCE_REPLY), data
     return data[:-len(_FENCE_REPLY)]
 
