@@ -39,8 +39,11 @@ def safe_strtoull(token: bytes) -> int | None:
     if magnitude >= _U64:
         return None  # ERANGE
     value = (-magnitude) % _U64 if negative else magnitude
-    if value > _I64_MAX and negative:
-        return None  # "-5" would wrap to a huge number: rejected
+    if value > _I64_MAX and b"-" in token:
+        # memcached looks for a '-' anywhere in the string (not only in the number) when
+        # the value would be negative as a signed number: "-5" wraps and is refused, and
+        # so is "9223372036854775808 -5".
+        return None
     return value
 
 
