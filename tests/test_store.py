@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from trio_mc.protocol import replies
 from trio_mc.store.clock import ManualClock
 from trio_mc.store.results import ReassignResult
 from trio_mc.store.store import (
     ADD, APPEND, CAS, PREPEND, REPLACE, SET, DeltaResult, Store, StoreResult,
 )
+
+
+#: The server's reply suffix renderers, as the server injects them.
+SUFFIXES = {"value_suffix": replies.value_suffix, "cas_suffix": replies.value_suffix_cas}
 
 
 @pytest.fixture
@@ -18,7 +23,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def store(clock: ManualClock) -> Store:
-    return Store(clock=clock)
+    return Store(**SUFFIXES, clock=clock)
 
 
 def value(store: Store, key: bytes) -> bytes | None:
@@ -47,7 +52,7 @@ def test_cas_counter_is_global_and_checked(store: Store) -> None:
 
 
 def test_cas_off(clock: ManualClock) -> None:
-    store = Store(clock=clock, use_cas=False)
+    store = Store(**SUFFIXES, clock=clock, use_cas=False)
     store.store(SET, b"a", 0, 0, b"1\r\n")
     assert store.get([b"a"])[0][2] == 0
 
@@ -108,14 +113,14 @@ def test_flush_all_immediate_and_delayed(store: Store, clock: ManualClock) -> No
 
 
 def test_flush_without_cas_hides_items_set_in_the_same_second(clock: ManualClock) -> None:
-    store = Store(clock=clock, use_cas=False)
+    store = Store(**SUFFIXES, clock=clock, use_cas=False)
     store.flush_all(0)
     store.store(SET, b"a", 0, 0, b"x\r\n")
     assert value(store, b"a") is None
 
 
 def test_memory_limit_evicts_oldest_unless_recently_read(clock: ManualClock) -> None:
-    store = Store(clock=clock, maxbytes=200_000)
+    store = Store(**SUFFIXES, clock=clock, maxbytes=200_000)
     data = b"v" * 1000 + b"\r\n"
     for i in range(50):
         store.store(SET, b"key%d" % i, 0, 0, data)
@@ -130,7 +135,7 @@ def test_memory_limit_evicts_oldest_unless_recently_read(clock: ManualClock) -> 
 
 
 def test_no_evict_mode_refuses(clock: ManualClock) -> None:
-    store = Store(clock=clock, maxbytes=50_000, evict=False)
+    store = Store(**SUFFIXES, clock=clock, maxbytes=50_000, evict=False)
     results = [store.store(SET, b"k%d" % i, 0, 0, b"x" * 1000 + b"\r\n")[0] for i in range(100)]
     assert StoreResult.NO_MEMORY in results
     assert store.stats.store_no_memory > 0
@@ -147,7 +152,7 @@ def test_deleted_keys_do_not_grow_the_queue(store: Store) -> None:
 
 
 def test_set_maxbytes_shrinks(clock: ManualClock) -> None:
-    store = Store(clock=clock, maxbytes=10_000_000)
+    store = Store(**SUFFIXES, clock=clock, maxbytes=10_000_000)
     for i in range(2000):
         store.store(SET, b"k%d" % i, 0, 0, b"x" * 500 + b"\r\n")
     store.set_maxbytes(100_000)
@@ -166,7 +171,7 @@ def test_stats_counters(store: Store) -> None:
 
 
 def test_slab_pages_bound_each_class_and_reassign_moves_one(clock: ManualClock) -> None:
-    store = Store(clock=clock, maxbytes=4 * 1024 * 1024)
+    store = Store(**SUFFIXES, clock=clock, maxbytes=4 * 1024 * 1024)
     big = b"x" * 70000 + b"\r\n"  # class 31: 12 per 1 MiB page... 4 pages at most
     for i in range(60):
         store.store(SET, b"b%d" % i, 0, 0, big)
@@ -182,7 +187,7 @@ def test_slab_pages_bound_each_class_and_reassign_moves_one(clock: ManualClock) 
 
 
 def test_automove_returns_unneeded_pages_and_frees_them_over_the_limit(clock: ManualClock) -> None:
-    store = Store(clock=clock, maxbytes=16 * 1024 * 1024)
+    store = Store(**SUFFIXES, clock=clock, maxbytes=16 * 1024 * 1024)
     big = b"x" * 66560 + b"\r\n"  # 12 per page
     for i in range(150):
         store.store(SET, b"k%d" % i, 0, 0, big)

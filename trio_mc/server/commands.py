@@ -52,15 +52,17 @@ def do_get(c: cmd.Get, conn: Conn, out: list[Any]) -> None:
         conn.tstats.response_obj_oom += 1
         out.append(b"SERVER_ERROR out of memory writing get response\r\n")
         return
-    if len(c.keys) == 1 and c.exptime is None and not (conn.settings.detail_enabled or conn.server.logger.fetchers):
-        hit = conn.store.get_one(c.keys[0])
-        if hit is not None:
-            flags, cas, data = hit
-            if c.with_cas:
-                out.append(replies.value_header_cas(c.keys[0], flags, len(data) - 2, cas))
-            else:
-                out.append(replies.value_header(c.keys[0], flags, len(data) - 2))
-            out.append(data)
+    if c.exptime is None and not (conn.settings.detail_enabled or conn.server.logger.fetchers):
+        if c.with_cas:
+            for key, suffix, data in conn.store.get_multi_cas(c.keys):
+                out += (replies.VALUE, key, suffix, data)
+        elif len(c.keys) == 1:
+            tail = conn.store.get_one(c.keys[0])
+            if tail is not None:
+                out += (replies.VALUE, c.keys[0], tail)
+        else:
+            for key, tail in conn.store.get_multi(c.keys):
+                out += (replies.VALUE, key, tail)
         out.append(replies.END)
         return
     hits = conn.store.get(c.keys, c.exptime)
