@@ -14,7 +14,7 @@ time of last access/update (u32, server time), CAS (u64), item flags (u8, below)
 or touch rewrites only these (``pack_header(...) + record[HEADER_SIZE:]``).  The rest is
 fixed when the record is built (:func:`pack_record`): the slab class (u8), so a hit finds its
 class by one index instead of recomputing memcached's item size; and the reply suffix, what
-follows ``VALUE <key>`` in a text get reply (memcached keeps it in the item too), rendered by
+follows ``VALUE <key>`` in a text get reply (memcached's items once carried it too), rendered by
 the server's injected function, so a get hit is the tail as it is.  The suffix depends only on
 the flags and the value length, which a record never changes.
 """
