@@ -44,14 +44,29 @@ MEMLIMIT_NOT_BYTES = b"MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes
 TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
 
 
+#: What starts a get hit; the store keeps the rest of the line with the item.
+VALUE = b"VALUE "
+
+
+def value_suffix(flags: int, length: int) -> bytes:
+    """`` <flags> <bytes>\\r\\n``: what follows ``VALUE <key>`` in a get/gat hit.  The store
+    keeps it in each item (it is injected as ``Store(value_suffix=...)``)."""
+    return b" %d %d\r\n" % (flags, length)
+
+
+def value_suffix_cas(flags: int, length: int, cas: int) -> bytes:
+    """`` <flags> <bytes> <cas>\\r\\n``: what follows ``VALUE <key>`` in a gets/gats hit."""
+    return b" %d %d %d\r\n" % (flags, length, cas)
+
+
 def value_header(key: bytes, flags: int, nbytes: int) -> bytes:
     """``VALUE <key> <flags> <bytes>\\r\\n`` for get/gat."""
-    return b"VALUE %b %d %d\r\n" % (key, flags, nbytes)
+    return VALUE + key + value_suffix(flags, nbytes)
 
 
 def value_header_cas(key: bytes, flags: int, nbytes: int, cas: int) -> bytes:
     """``VALUE <key> <flags> <bytes> <cas>\\r\\n`` for gets/gats."""
-    return b"VALUE %b %d %d %d\r\n" % (key, flags, nbytes, cas)
+    return VALUE + key + value_suffix_cas(flags, nbytes, cas)
 
 
 def number(value: int) -> bytes:

@@ -47,6 +47,8 @@ GRACEFUL_TIMEOUT = 10.0
 def make_store(settings: Settings, clock: Clock | None = None) -> Store:
     """The store configured from the command line."""
     return Store(
+        value_suffix=replies.value_suffix,
+        cas_suffix=replies.value_suffix_cas,
         clock=clock,
         maxbytes=settings.maxbytes,
         use_cas=settings.use_cas,

@@ -42,15 +42,14 @@ _VERSION = replies.version(MEMCACHED_VERSION)
 
 
 def do_get_key(key: cmd.GetKey, s: Session, out: Out) -> Effect:
-    """A plain single-key get, the hot path."""
+    """A plain single-key get, the hot path: a hit is the key and the item's reply tail."""
     if s.settings.detail_enabled or s.server.logger.fetchers:
         return do_get(cmd.Get([key], False), s, out)
-    hit = s.store.get_one(key)
-    if hit is not None:
-        flags, _, data = hit
-        out.append(replies.value_header(key, flags, len(data) - 2))
-        out.append(data)
-    out.append(replies.END)
+    tail = s.store.get_one(key)
+    if tail is not None:
+        out += (replies.VALUE, key, tail, replies.END)
+    else:
+        out.append(replies.END)
     return None
 
 
@@ -60,15 +59,13 @@ def do_get(c: cmd.Get, s: Session, out: Out) -> Effect:
         out.append(replies.SERVER_ERROR_GET_OOM)
         return None
     logged = s.settings.detail_enabled or s.server.logger.fetchers
-    if len(c.keys) == 1 and c.exptime is None and not logged:
-        hit = s.store.get_one(c.keys[0])
-        if hit is not None:
-            flags, cas, data = hit
-            if c.with_cas:
-                out.append(replies.value_header_cas(c.keys[0], flags, len(data) - 2, cas))
-            else:
-                out.append(replies.value_header(c.keys[0], flags, len(data) - 2))
-            out.append(data)
+    if c.exptime is None and not logged:
+        if c.with_cas:
+            for key, suffix, data in s.store.get_multi_cas(c.keys):
+                out += (replies.VALUE, key, suffix, data)
+        else:
+            for key, tail in s.store.get_multi(c.keys):
+                out += (replies.VALUE, key, tail)
         out.append(replies.END)
         return None
     hits = s.store.get(c.keys, c.exptime)

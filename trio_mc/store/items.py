@@ -1,15 +1,22 @@
-"""The item record: one immutable ``bytes`` per item, header and value together.
+"""The item record: one immutable ``bytes`` per item, header, reply suffix and value together.
 
 A Python object per item would cost more than the value itself (an instance, a dict or
-slots, and an int object per field), so an item is one ``bytes``: a packed header, the
-item's slab class, then the value and its trailing ``\\r\\n``.  The hash table maps the key
-to this record; that is the whole per-item footprint besides the key and one LRU queue slot.
+slots, and an int object per field), so an item is one ``bytes``::
+
+    header | clsid | suffix length | suffix | value "\\r\\n"
+                                    `------ the tail (TAIL_AT) ----'
+
+The hash table maps the key to this record; that is the whole per-item footprint besides
+the key and one LRU queue slot.
 
 Header fields (little endian): client flags (u32), exptime (u32, server time, 0 = never),
 time of last access/update (u32, server time), CAS (u64), item flags (u8, below).  A read
-or touch rewrites only these (``pack_header(...) + record[HEADER_SIZE:]``).  The slab class
-(u8) follows: it is fixed when the record is built (:func:`pack_record`), so a hit finds its
-class by one index instead of recomputing memcached's item size.
+or touch rewrites only these (``pack_header(...) + record[HEADER_SIZE:]``).  The rest is
+fixed when the record is built (:func:`pack_record`): the slab class (u8), so a hit finds its
+class by one index instead of recomputing memcached's item size; and the reply suffix, what
+follows ``VALUE <key>`` in a text get reply (memcached's items once carried it too), rendered by
+the server's injected function, so a get hit is the tail as it is.  The suffix depends only on
+the flags and the value length, which a record never changes.
 """
 
 from __future__ import annotations
@@ -22,9 +29,10 @@ unpack_header = HEADER.unpack_from
 pack_header = HEADER.pack
 IFLAGS_AT = HEADER_SIZE - 1  # the item flags byte
 CLSID_AT = HEADER_SIZE  # the slab class byte
-#: Header and slab class, packed in one call when a record is built.
-pack_record = struct.Struct("<IIIQBB").pack
-VALUE_AT = HEADER_SIZE + 1
+SUFFIX_LENGTH_AT = HEADER_SIZE + 1  # the suffix length byte
+TAIL_AT = HEADER_SIZE + 2  # the suffix, then the value
+#: Header, slab class and suffix length, packed in one call when a record is built.
+pack_record = struct.Struct("<IIIQBBB").pack
 
 # Item flags, named after memcached's ITEM_* bits.
 FETCHED = 0x01  # read at least once since it was stored
@@ -47,9 +55,14 @@ def with_segment(iflags: int, seg: int) -> int:
     return (iflags & ~SEG_MASK) | (seg << SEG_SHIFT)
 
 
+def value_at(record: bytes) -> int:
+    """Where the value starts (after the suffix)."""
+    return TAIL_AT + record[SUFFIX_LENGTH_AT]
+
+
 def nbytes(record: bytes) -> int:
     """The value's length with its ``\\r\\n`` (memcached's ``it->nbytes``)."""
-    return len(record) - VALUE_AT
+    return len(record) - TAIL_AT - record[SUFFIX_LENGTH_AT]
 
 
 def _object_size(nbytes: int) -> int:

@@ -6,6 +6,9 @@ Memory is bounded by ``-m`` counted in real Python bytes: the key object, the re
 and its slab pages per class are kept beside it, so ``stats`` and which items get evicted
 read like memcached's: an allocation first needs a free chunk in its class (taking a page
 while ``-m`` allows, else evicting from that class), then room under the Python limit.
+The two differ on purpose: the record's reply suffix (:mod:`.items`) is real memory and
+counted against ``-m``, but memcached's item size (``bytes``, the slab class) is its
+``ITEM_ntotal`` of key, value and flags only, so ``stats`` match memcached byte for byte.
 
 Eviction takes the oldest item of a class's COLD segment; dead items met there are reclaimed
 instead, items read again are rescued to WARM (in flat mode: a second chance in COLD).

@@ -9,26 +9,11 @@ from __future__ import annotations
 
 from trio_mc.numbers import safe_strtoull
 from trio_mc.store.items import (
-    CLSID_AT,
-    FETCHED,
-    HEADER_SIZE,
-    KEY_BINARY,
-    STALE,
-    TOKEN_SENT,
-    VALUE_AT,
-    nbytes,
-    pack_header,
-    unpack_header,
+    CLSID_AT, FETCHED, HEADER_SIZE, KEY_BINARY, STALE, TOKEN_SENT, nbytes, pack_header, unpack_header, value_at,
 )
 from trio_mc.store.maintainer import Maintainer
 from trio_mc.store.results import (
-    TTL_RECACHE,
-    TTL_REPORT,
-    TTL_SET,
-    TTL_VIVIFY,
-    DeleteResult,
-    DeltaResult,
-    MetaItem,
+    TTL_RECACHE, TTL_REPORT, TTL_SET, TTL_VIVIFY, DeleteResult, DeltaResult, MetaItem,
 )
 
 _U64 = 1 << 64
@@ -72,8 +57,7 @@ class Meta(Maintainer):
             record = self._find(key, now)
             created = False
             if record is None and vivify:
-                new = self._record(self.item_clsid(len(key), 0, 2), 0, 0, now, self._cas_for(new_cas),
-                                   KEY_BINARY if binary else 0, b"\r\n")
+                new = self._record(key, 0, 0, now, self._cas_for(new_cas), KEY_BINARY if binary else 0, b"\r\n")
                 record = self._link(key, None, new, now)
                 created = record is not None
             if record is None:
@@ -95,7 +79,7 @@ class Meta(Maintainer):
             self._items[key] = pack_header(flags, exptime, new_time, cas, new_iflags) + record[HEADER_SIZE:]
             self._count_fetch(touched, self.class_stats[record[CLSID_AT]])
             return MetaItem(
-                flags=flags, cas=cas, data=memoryview(record)[VALUE_AT:], ttl=ttl,
+                flags=flags, cas=cas, data=memoryview(record)[value_at(record):], ttl=ttl,
                 fetched=bool(iflags & FETCHED), idle=now - time, won=won, token_sent=token_sent,
                 stale=is_stale, binary=bool(iflags & KEY_BINARY),
             )
@@ -120,7 +104,7 @@ class Meta(Maintainer):
                     iflags = (iflags | STALE) & ~TOKEN_SENT
                 cas = self._cas_for(new_cas)
                 if drop_value:
-                    new = self._record(self.item_clsid(len(key), flags, 2), flags, exptime, time, cas, iflags, b"\r\n")
+                    new = self._record(key, flags, exptime, time, cas, iflags, b"\r\n")
                 else:
                     new = pack_header(flags, exptime, time, cas, iflags) + record[HEADER_SIZE:]
                 self._link(key, record, new, now)
@@ -150,8 +134,8 @@ class Meta(Maintainer):
                     return result, 0, 0, None, False
                 value = initial
                 data = b"%d\r\n" % value
-                record = self._link(key, None, self._record(self.item_clsid(len(key), 0, len(data)), 0, 0, now,
-                                                            self._cas_for(new_cas), KEY_BINARY if binary else 0, data), now)
+                new = self._record(key, 0, 0, now, self._cas_for(new_cas), KEY_BINARY if binary else 0, data)
+                record = self._link(key, None, new, now)
                 if record is None:
                     return DeltaResult.NO_MEMORY, 0, 0, None, False
                 result, created = DeltaResult.OK, True
@@ -186,7 +170,7 @@ class Meta(Maintainer):
         flags, exptime, time, cas, iflags = unpack_header(record)
         if compare_cas and cas != compare_cas:
             return DeltaResult.CAS_MISMATCH, 0, None
-        value = safe_strtoull(record[VALUE_AT:])
+        value = safe_strtoull(record[value_at(record):])
         if value is None:
             return DeltaResult.NON_NUMERIC, 0, None
         if incr:
@@ -200,13 +184,12 @@ class Meta(Maintainer):
             cls.decr_hits += 1
         text = b"%d" % value
         if len(text) + 2 <= size:
-            new = self._record(record[CLSID_AT], flags, exptime, self._update_time(time, now), self._cas_for(new_cas),
-                               iflags, text.ljust(size - 2) + b"\r\n")
+            new = self._record(key, flags, exptime, self._update_time(time, now), self._cas_for(new_cas), iflags,
+                               text.ljust(size - 2) + b"\r\n", record[CLSID_AT])
             self._items[key] = new
             return DeltaResult.OK, value, new
         data = text + b"\r\n"
-        new = self._record(self.item_clsid(len(key), flags, len(data)), flags, exptime, now, self._cas_for(new_cas),
-                           iflags & KEY_BINARY, data)
+        new = self._record(key, flags, exptime, now, self._cas_for(new_cas), iflags & KEY_BINARY, data)
         stored = self._link(key, record, new, now)
         if stored is None:
             return DeltaResult.NO_MEMORY, 0, None

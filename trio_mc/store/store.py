@@ -22,21 +22,11 @@ injected :class:`~trio_mc.store.clock.Clock`.
 from __future__ import annotations
 
 from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
-from trio_mc.sizes import too_large
+from trio_mc.sizes import item_total_size, too_large
 from trio_mc.store.counters import ClassStats, StoreStats
 from trio_mc.store.items import (
-    ACTIVE,
-    CLSID_AT,
-    HEADER_SIZE,
-    KEY_BINARY,
-    SEG_MASK,
-    SEGMENT,
-    STALE,
-    TOKEN_SENT,
-    VALUE_AT,
-    pack_header,
-    unpack_header,
-    with_segment,
+    ACTIVE, CLSID_AT, HEADER_SIZE, KEY_BINARY, SEG_MASK, SEGMENT, STALE, TAIL_AT, TOKEN_SENT, pack_header,
+    unpack_header, value_at, with_segment,
 )
 from trio_mc.store.meta import Meta
 from trio_mc.store.results import DeltaResult, MetaItem, StoreResult
@@ -51,7 +41,14 @@ class Store(Meta):
     """A thread-safe memcached item store.
 
     Args:
-      clock: server time source.
+      value_suffix: ``(flags, value length) -> bytes``, what follows ``VALUE <key>`` in a text
+        get hit (the server's ``replies.value_suffix``); kept in every record, so a get hit
+        is the record's tail (:meth:`get_one`).  Injected: the store knows no protocol bytes.
+        At most 255 bytes.
+      cas_suffix: ``(flags, value length, cas) -> bytes``, the same for gets
+        (:meth:`get_multi_cas`).
+      clock: server time source; operations read its ``current`` (see :mod:`.clock` for who
+        ticks it).
       maxbytes: the memory limit (``-m`` in bytes).
       use_cas: ``False`` for ``-C``: every CAS is 0.
       evict: ``False`` for ``-M``: refuse stores instead of evicting.
@@ -64,13 +61,69 @@ class Store(Meta):
       automove: let the maintainer give back slab pages a class no longer needs.
     """
 
+    # -- reads: the text get's tails, and (flags, cas, data) for the other protocols ----------
+
+    def get_one(self, key: bytes) -> bytes | memoryview | None:
+        """get of a single key, the most common request: the reply's tail or ``None``.
+
+        The tail is what follows ``VALUE <key>`` in a text reply: the suffix the server's
+        ``value_suffix`` rendered, the value and its ``\\r\\n`` (bytes when small, a
+        memoryview from 4096 bytes, which is cheaper than a copy).  Same semantics as
+        :meth:`get_multi` with one key; the common case (a hot item with no expiry and no
+        pending flush, nothing to update) skips the general bookkeeping.
+        """
+        with self.lock:
+            record = self._items.get(key)
+            if record is None:
+                stats = self.stats
+                stats.get_cmds += 1
+                stats.get_misses += 1
+                return None
+            _, exptime, _, _, iflags = unpack_header(record)
+            if iflags & ACTIVE and not (exptime or self._oldest_live) and self.lru_segmented:
+                self.stats.get_cmds += 1
+                cls = self.class_stats[record[CLSID_AT]]
+                cls.get_hits += 1
+                cls.hits_to[SEGMENT[iflags]] += 1
+                return record[TAIL_AT:] if len(record) < 4096 else memoryview(record)[TAIL_AT:]
+        hits = self._read([key], None)
+        return _tail(hits[0][1]) if hits else None
+
+    def get_multi(self, keys: list[bytes]) -> list[tuple[bytes, bytes | memoryview]]:
+        """get of several keys: ``(key, tail)`` per hit in request order (see :meth:`get_one`)."""
+        return [(key, _tail(record)) for key, record in self._read(keys, None)]
+
+    def get_multi_cas(self, keys: list[bytes]) -> list[tuple[bytes, bytes, bytes | memoryview]]:
+        """gets: ``(key, suffix with CAS, data)`` per hit in request order.
+
+        The suffix is the server's ``cas_suffix`` rendered for this hit (a CAS changes with
+        every write, so it is not kept in the record); ``data`` is the value with ``\\r\\n``.
+        """
+        cas_suffix = self._cas_suffix
+        out: list[tuple[bytes, bytes, bytes | memoryview]] = []
+        for key, record in self._read(keys, None):
+            flags, _, _, cas, _ = unpack_header(record)
+            data = _data(record)
+            out.append((key, cas_suffix(flags, len(data) - 2, cas), data))
+        return out
+
     def get(self, keys: list[bytes], exptime: int | None = None) -> list[tuple[bytes, int, int, bytes | memoryview]]:
-        """get/gets (and gat/gats when ``exptime`` is given, which also touches).
+        """get/gets for the meta and binary protocols, and gat/gats (``exptime`` given: the
+        hits are also touched).
 
         Returns ``(key, flags, cas, data)`` per hit, in request order; ``data`` includes the
         trailing ``\\r\\n``.
         """
-        hits: list[tuple[bytes, int, int, bytes | memoryview]] = []
+        out: list[tuple[bytes, int, int, bytes | memoryview]] = []
+        for key, record in self._read(keys, exptime):
+            flags, _, _, cas, _ = unpack_header(record)
+            out.append((key, flags, cas, _data(record)))
+        return out
+
+    def _read(self, keys: list[bytes], exptime: int | None) -> list[tuple[bytes, bytes]]:
+        """The one loop of every read: ``(key, record as it now stands)`` per hit, with the
+        stats (gets, or touches with ``exptime``) and LRU bumps of each key."""
+        hits: list[tuple[bytes, bytes]] = []
         with self.lock:
             now = self.clock.current
             touch = exptime is not None
@@ -104,32 +157,10 @@ class Store(Meta):
                         record = pack_header(flags, new_exptime if touch else old_exptime, new_time, cas,
                                              new_iflags) + record[HEADER_SIZE:]
                         self._items[key] = record
-                # Small values are cheaper to copy than to wrap in a memoryview.
-                data = record[VALUE_AT:] if len(record) < 4096 else memoryview(record)[VALUE_AT:]
-                hits.append((key, flags, cas, data))
+                hits.append((key, record))
         return hits
 
-    def get_one(self, key: bytes) -> tuple[int, int, bytes | memoryview] | None:
-        """get of a single key, the most common request: ``(flags, cas, data)`` or ``None``.
-
-        Same semantics as :meth:`get` with one key; the common case (a hot item with no
-        expiry and no pending flush, nothing to update) skips the general bookkeeping.
-        """
-        with self.lock:
-            record = self._items.get(key)
-            if record is None:
-                self.stats.get_cmds += 1
-                self.stats.get_misses += 1
-                return None
-            flags, exptime, _, cas, iflags = unpack_header(record)
-            if not (exptime or self._oldest_live) and iflags & ACTIVE and self.lru_segmented:
-                self.stats.get_cmds += 1
-                cls = self.class_stats[record[CLSID_AT]]
-                cls.get_hits += 1
-                cls.hits_to[SEGMENT[iflags]] += 1
-                return flags, cas, record[VALUE_AT:] if len(record) < 4096 else memoryview(record)[VALUE_AT:]
-        hits = self.get([key])
-        return hits[0][1:] if hits else None
+    # -- writes ---------------------------------------------------------------------------------
 
     def store(
         self, mode: int, key: bytes, flags: int, exptime: int, data: bytes, cas: int = 0, *,
@@ -149,8 +180,10 @@ class Store(Meta):
             now = self.clock.current
             # memcached allocates before it looks the key up: dead items at the tail of
             # the new item's class are reclaimed first.
-            clsid = self.item_clsid(len(key), flags, len(data))
-            self._reclaim_head(clsid, now)
+            ntotal = item_total_size(len(key), flags, len(data), self.use_cas)
+            clsid = self.slabs.clsid(ntotal)
+            if self._may_expire:  # (nothing can be dead before anything had an expiry)
+                self._reclaim_head(clsid, now)
             old = self._find(key, now)
             iflags = KEY_BINARY if binary else 0
             if old is None:
@@ -163,11 +196,11 @@ class Store(Meta):
                 elif mode != SET and mode != ADD:
                     return StoreResult.NOT_STORED, 0, 0
                 cas_value = self._cas_for(new_cas)
-                new_exptime = self.realtime(exptime)
+                new_exptime = self.realtime(exptime) if exptime else 0
                 # Built in the segment _link will put it in, so it is not copied again.
                 iflags = with_segment(iflags, self._first_segment(new_exptime, now))
-                record = self._record(clsid, flags, new_exptime, now, cas_value, iflags, data)
-                if not self._link(key, None, record, now):
+                record = self._record(key, flags, new_exptime, now, cas_value, iflags, data, clsid)
+                if not self._link(key, None, record, now, ntotal):
                     return self._out_of_memory(mode, key), 0, 0
                 return StoreResult.STORED, cas_value, len(data) - 2
             old_flags, old_exptime, old_time, old_cas, old_iflags = unpack_header(old)
@@ -178,7 +211,7 @@ class Store(Meta):
                 if new_time != old_time:
                     self._items[key] = pack_header(old_flags, old_exptime, new_time, old_cas, old_iflags) + old[HEADER_SIZE:]
                 return StoreResult.NOT_STORED, 0, 0
-            new_exptime = self.realtime(exptime)
+            new_exptime = self.realtime(exptime) if exptime else 0
             if mode == CAS:
                 if cas and cas == old_cas:
                     cls.cas_hits += 1
@@ -196,15 +229,17 @@ class Store(Meta):
                     return StoreResult.EXISTS, 0, 0
                 # The combined item is a new allocation: the old flags and expiry, no
                 # other item flags (memcached's append drops a meta binary-key mark too).
-                value = old[VALUE_AT:-2] + data if mode == APPEND else data[:-2] + old[VALUE_AT:]
+                at = value_at(old)
+                value = old[at:-2] + data if mode == APPEND else data[:-2] + old[at:]
                 if too_large(len(key), old_flags, len(value), self.use_cas, self.item_size_max):
                     return StoreResult.NOT_STORED, 0, 0
                 flags, new_exptime, data, iflags = old_flags, old_exptime, value, 0
-                clsid = self.item_clsid(len(key), flags, len(data))
+                ntotal = item_total_size(len(key), flags, len(data), self.use_cas)
+                clsid = self.slabs.clsid(ntotal)
             cas_value = self._cas_for(new_cas)
             iflags |= old_iflags & SEG_MASK  # a new version stays where the old one was
-            record = self._record(clsid, flags, new_exptime, now, cas_value, iflags, data)
-            if not self._link(key, old, record, now):
+            record = self._record(key, flags, new_exptime, now, cas_value, iflags, data, clsid)
+            if not self._link(key, old, record, now, ntotal):
                 return self._out_of_memory(mode, key), 0, 0
             return StoreResult.STORED, cas_value, len(data) - 2
 
@@ -227,7 +262,7 @@ class Store(Meta):
 
     def touch(self, key: bytes, exptime: int) -> bool:
         """touch: a read hit that also sets a new expiry."""
-        return bool(self.get([key], exptime))
+        return bool(self._read([key], exptime))
 
     def delta(self, key: bytes, incr: bool, delta: int) -> tuple[int, int]:
         """incr/decr: incr wraps at 2**64, decr stops at 0 (memcached's ``do_add_delta``).
@@ -244,3 +279,13 @@ class Store(Meta):
                 else:
                     self.stats.decr_misses += 1
             return result, value
+
+
+# Small values are cheaper to copy than to wrap in a memoryview; large ones are not copied.
+def _tail(record: bytes) -> bytes | memoryview:
+    return record[TAIL_AT:] if len(record) < 4096 else memoryview(record)[TAIL_AT:]
+
+
+def _data(record: bytes) -> bytes | memoryview:
+    at = value_at(record)
+    return record[at:] if len(record) < 4096 else memoryview(record)[at:]

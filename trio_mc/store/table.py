@@ -48,6 +48,8 @@ class Table:
     def __init__(
         self,
         *,
+        value_suffix: Callable[[int, int], bytes],
+        cas_suffix: Callable[[int, int, int], bytes],
         clock: Clock | None = None,
         maxbytes: int = 64 * 1024 * 1024,
         use_cas: bool = True,
@@ -60,6 +62,8 @@ class Table:
         temporary_ttl: int | None = None,
         automove: bool = True,
     ) -> None:
+        self._value_suffix = value_suffix
+        self._cas_suffix = cas_suffix
         self.clock = clock or Clock()
         self.maxbytes = maxbytes
         self.use_cas = use_cas
@@ -100,17 +104,14 @@ class Table:
             return 1 if exptime <= started else exptime - started
         return exptime + self.clock.current
 
-    def _next_cas(self) -> int:
+    def _cas_for(self, new_cas: int | None) -> int:
+        """The CAS of a modified item: the client's (meta E) or the next one (0 under ``-C``)."""
         if not self.use_cas:
             return 0
+        if new_cas is not None:
+            return new_cas
         self._cas += 1
         return self._cas
-
-    def _cas_for(self, new_cas: int | None) -> int:
-        """The CAS of a modified item: the client's (meta E) or the next one."""
-        if new_cas is not None and self.use_cas:
-            return new_cas
-        return self._next_cas()
 
     def next_cas_hint(self) -> int:
         """The CAS the next stored item will get."""
@@ -125,10 +126,13 @@ class Table:
         """memcached's size of a stored item (its ``bytes`` and page chunks)."""
         return item_total_size(len(key), flags, nbytes(record), self.use_cas)
 
-    def _record(self, clsid: int, flags: int, exptime: int, time: int, cas: int, iflags: int,
-                data: bytes) -> bytes:
-        """Build a record (``data`` with its ``\\r\\n``; ``clsid`` from :meth:`item_clsid`)."""
-        return pack_record(flags, exptime, time, cas, iflags, clsid) + data
+    def _record(self, key: bytes, flags: int, exptime: int, time: int, cas: int, iflags: int, data: bytes,
+                clsid: int = 0) -> bytes:
+        """Build a record: one header pack, the suffix, ``data`` (with its ``\\r\\n``) as given.
+        ``clsid`` is the item's class if the caller has it already (0: computed here)."""
+        suffix = self._value_suffix(flags, len(data) - 2)
+        return (pack_record(flags, exptime, time, cas, iflags, clsid or self.item_clsid(len(key), flags, len(data)),
+                            len(suffix)) + suffix + data)
 
     def _is_dead(self, exptime: int, time: int, cas: int, now: int) -> int:
         """0 if live, 1 if flushed, 2 if expired (``do_item_get``'s checks, in order)."""
@@ -182,16 +186,18 @@ class Table:
         if self.lru.stale_total > len(self._items) + 1024:
             self.lru.compact()
 
-    def _link(self, key: bytes, old: bytes | None, record: bytes, now: int) -> bytes | None:
+    def _link(self, key: bytes, old: bytes | None, record: bytes, now: int, ntotal: int = 0) -> bytes | None:
         """Store ``record`` under ``key`` in place of ``old``, making room first.
 
         Two limits apply: a free chunk in the item's slab class (memcached's pages, so
         evictions happen where memcached's would) and the real Python memory under ``-m``.
+        ``ntotal`` is the item's memcached size if the caller has it (0: computed here).
         Returns the record as stored (its LRU segment set), or ``None`` if there is no room.
         """
         klen = len(key)
-        ntotal = self._ntotal(key, unpack_header(record)[0], record)
+        ntotal = ntotal or self._ntotal(key, unpack_header(record)[0], record)
         clsid = record[CLSID_AT]
+        items = self._items
         lru = self.lru
         nchunks = lru.chunks_for(clsid, ntotal)
         while not lru.fits(clsid, nchunks):
@@ -202,9 +208,20 @@ class Table:
             cost -= item_cost(klen, len(old))
         if cost > 0 and self.mem_used + cost > self.maxbytes and not self._make_room(cost, now, clsid):
             return None
-        if old is not None and self._items.get(key) is old:
-            old_clsid = self._account(key, old, -1)
+        if old is not None and items.get(key) is old:
             seg = SEGMENT[old[IFLAGS_AT]]
+            if old[CLSID_AT] == clsid and SEGMENT[record[IFLAGS_AT]] == seg:
+                # A new version in the same class and segment (a set of an existing key):
+                # the counts and the queue entry stay, only the sizes change.
+                items[key] = record
+                delta = ntotal - self._ntotal(key, unpack_header(old)[0], old)
+                self._object_bytes += cost
+                self.bytes += delta
+                self.class_stats[clsid].mem_requested += delta
+                lru.chunks[clsid] += nchunks - lru.chunks_for(clsid, ntotal - delta)
+                self.stats.total_items += 1
+                return record
+            old_clsid = self._account(key, old, -1)
             if old_clsid != clsid:  # the new size moves it to another class's queue
                 lru.orphan(key, old_clsid, seg)
                 seg = self._first_segment(unpack_header(record)[1], now)
@@ -214,7 +231,7 @@ class Table:
             lru.append(key, clsid, seg)
         if SEGMENT[record[IFLAGS_AT]] != seg:
             record = record[:IFLAGS_AT] + bytes((with_segment(record[IFLAGS_AT], seg),)) + record[HEADER_SIZE:]
-        self._items[key] = record
+        items[key] = record
         self._account(key, record, 1)
         self.stats.total_items += 1
         if self.mem_used > self.maxbytes:  # the insert grew the hash table: pay for it
@@ -235,7 +252,7 @@ class Table:
             if self.use_cas:
                 self._oldest_live = new_oldest - 1
                 if self._oldest_live <= now:
-                    self._oldest_cas = self._next_cas()
+                    self._oldest_cas = self._cas_for(None)
             else:
                 self._oldest_live = new_oldest
 
