@@ -198,6 +198,7 @@ def run_loadgen(cmd: list[str], timeout: float,
     result = None
     buf = b""
     err = b""
+    assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
     try:
         sel.register(proc.stdout, selectors.EVENT_READ, "out")
@@ -209,7 +210,7 @@ def run_loadgen(cmd: list[str], timeout: float,
             if left <= 0:
                 raise BenchError(f"load generator did not finish within {timeout:.0f}s")
             for key, _ in sel.select(timeout=min(left, 1.0)):
-                chunk = os.read(key.fileobj.fileno(), 65536)
+                chunk = os.read(key.fd, 65536)
                 if not chunk:
                     sel.unregister(key.fileobj)
                     open_streams -= 1
@@ -244,26 +245,30 @@ def run_loadgen(cmd: list[str], timeout: float,
     return result
 
 
+def loadgen_cmd(port: int, wl: Workload, args: argparse.Namespace,
+                bins: dict[str, Path]) -> list[str]:
+    """The generator for one run of wl (pinned to GEN_CPU)."""
+    return pinned(GEN_CPU, [str(bins["loadgen"]), "-H", "127.0.0.1", "-p", str(port),
+                            "-c", str(args.conns), "-k", str(args.keys),
+                            "-t", str(args.duration), "-w", str(args.warmup), *wl.args,
+                            *(["--preload"] if wl.preload else [])], args)
+
+
 def measure(server_name: str, wl: Workload, args: argparse.Namespace,
             bins: dict[str, Path]) -> dict[str, Any]:
     port = free_port()
     srv = Server(server_name, server_cmd(server_name, port, wl, args, bins), port)
     try:
         srv.start(ready_timeout=args.ready_timeout)
-        gen = pinned(GEN_CPU, [str(bins["loadgen"]), "-H", "127.0.0.1", "-p", str(port),
-                               "-c", str(args.conns), "-k", str(args.keys),
-                               "-t", str(args.duration), "-w", str(args.warmup),
-                               *wl.args], args)
-        if wl.preload:
-            gen.append("--preload")
+        gen = loadgen_cmd(port, wl, args, bins)
         marks: dict[str, tuple[float, int, dict]] = {}
 
         def on_marker(text: str) -> None:
-            marks[text] = (time.monotonic(), proc_tree_ticks(srv.proc.pid), cpu_stat())
+            marks[text] = (time.monotonic(), proc_tree_ticks(srv.pid), cpu_stat())
 
         res = run_loadgen(gen, args.duration + args.warmup + 180, on_marker)
-        if srv.proc.poll() is not None:
-            raise BenchError(f"{server_name} died during the run (exit {srv.proc.returncode}); "
+        if (rc := srv.exit_code()) is not None:
+            raise BenchError(f"{server_name} died during the run (exit {rc}); "
                              f"see {srv.logfile}")
         start = marks.get("# measure-start")
         end = marks.get("# measure-end")
