@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Benchmark trio-mc against real memcached (and a do-nothing server).
+"""Benchmark trio-mc against real memcached, the Trio floor and a do-nothing server.
 
 One invocation, one load generator (bench/loadgen, C), every server pinned to
 CPU 0 and the generator pinned to CPU 1.  For each workload the runner starts
 a fresh server, lets the generator preload/warm up/measure, samples the
 server's CPU time (utime+stime from /proc/<pid>/stat, whole process tree)
-exactly over the measurement window, stops the server and moves on.
+exactly over the measurement window, stops the server and moves on.  Ratios
+between servers are paired: taken within one round (the same minutes of the
+same machine), then the median over rounds.
 
 Standard library only.  See bench/README.md.
 """
@@ -23,8 +25,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from servers import BENCH_DIR, BenchError, Server, free_port, log
 
@@ -42,25 +46,41 @@ C_PROGRAMS = {
 @dataclass(frozen=True)
 class Workload:
     name: str
+    short: str  # issue 7's name for it: a, b, bm, c
     title: str
     args: tuple[str, ...]
     value_size: int
     preload: bool
     multikey: bool = False
+    floor_target: float = 0.0  # issue 7: trio-mc / floor must reach this (on `rate`)
+
+    @property
+    def label(self) -> str:
+        return f"{self.short} ({self.name})"
+
+    @property
+    def rate(self) -> str:
+        """The throughput the ratios compare: keys/s for a multi-get, else ops/s."""
+        return "keys_per_s" if self.multikey else "ops_per_s"
 
 
 WORKLOADS = [
-    Workload("mix", "get/set 90/10, 100 B, depth 1",
-             ("-W", "mix", "-s", "100", "-d", "1"), 100, True),
-    Workload("mix-pipe16", "get/set 90/10, 100 B, depth 16",
-             ("-W", "mix", "-s", "100", "-d", "16"), 100, True),
-    Workload("multiget16", "get of 16 keys, 100 B",
-             ("-W", "multiget", "-m", "16", "-s", "100", "-d", "1"), 100, True, True),
-    Workload("set-1k", "set only, 1 KB",
-             ("-W", "set", "-s", "1024", "-d", "1"), 1024, False),
+    Workload("mix", "a", "get/set 90/10, 100 B, depth 1",
+             ("-W", "mix", "-s", "100", "-d", "1"), 100, True, floor_target=0.75),
+    Workload("mix-pipe16", "b", "get/set 90/10, 100 B, depth 16",
+             ("-W", "mix", "-s", "100", "-d", "16"), 100, True, floor_target=0.5),
+    Workload("multiget16", "bm", "get of 16 keys, 100 B",
+             ("-W", "multiget", "-m", "16", "-s", "100", "-d", "1"), 100, True, True,
+             floor_target=0.6),
+    Workload("set-1k", "c", "set only, 1 KB",
+             ("-W", "set", "-s", "1024", "-d", "1"), 1024, False, floor_target=0.75),
 ]
-WORKLOAD_BY_NAME = {w.name: w for w in WORKLOADS}
-SERVERS = ["null", "memcached", "trio-mc"]
+WORKLOAD_BY_NAME = {**{w.name: w for w in WORKLOADS}, **{w.short: w for w in WORKLOADS}}
+SERVERS = ["null", "floor", "memcached", "trio-mc"]
+#: The paired ratios every run reports: (numerator, denominator) servers.
+RATIOS = (("trio-mc", "floor"), ("trio-mc", "memcached"))
+
+Results = dict[tuple[str, str], list[dict[str, Any]]]  # (workload, server) -> one run per round
 
 
 # --------------------------------------------------------------------------
@@ -69,7 +89,7 @@ SERVERS = ["null", "memcached", "trio-mc"]
 
 def compile_programs(force: bool = False) -> dict[str, Path]:
     gcc = shutil.which("gcc") or shutil.which("cc")
-    out = {}
+    out: dict[str, Path] = {}
     for name, src in C_PROGRAMS.items():
         binary = BENCH_DIR / name
         if force or not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
@@ -125,7 +145,7 @@ def cpu_stat() -> dict[str, tuple[int, int]]:
     return out
 
 
-def pinned(cpu: str, cmd: list[str], args) -> list[str]:
+def pinned(cpu: str, cmd: list[str], args: argparse.Namespace) -> list[str]:
     """Prefix cmd with taskset (and chrt/nice); all exec, so the pid stays the same."""
     if args.rt:
         cmd = ["chrt", "-f", "1", *cmd]
@@ -138,10 +158,16 @@ def pinned(cpu: str, cmd: list[str], args) -> list[str]:
 # servers (the process handling is in servers.py)
 
 
-def server_cmd(name: str, port: int, wl: Workload, args, bins) -> list[str]:
+def server_cmd(name: str, port: int, wl: Workload, args: argparse.Namespace,
+               bins: dict[str, Path]) -> list[str]:
+    # null and floor answer every get key with a value of the workload's size
+    get_size = str(wl.value_size if wl.preload else 0)
     if name == "null":
         cmd = [str(bins["nullserver"]), "-l", "127.0.0.1", "-p", str(port),
-               "-s", str(wl.value_size if wl.preload else 0), "-T", "3600"]
+               "-s", get_size, "-T", "3600"]
+    elif name == "floor":
+        cmd = [sys.executable, str(BENCH_DIR / "floor.py"), "-l", "127.0.0.1",
+               "-p", str(port), "-s", get_size]
     elif name == "memcached":
         cmd = [args.memcached, "-t", "1", "-m", "1024", "-U", "0", "-l", "127.0.0.1",
                "-p", str(port)]
@@ -164,13 +190,15 @@ def server_cmd(name: str, port: int, wl: Workload, args, bins) -> list[str]:
 # one measurement
 
 
-def run_loadgen(cmd: list[str], timeout: float, on_marker) -> dict:
+def run_loadgen(cmd: list[str], timeout: float,
+                on_marker: Callable[[str], None]) -> dict[str, Any]:
     """Run the generator, call on_marker(line) for '# ...' lines, return its JSON."""
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     result = None
     buf = b""
     err = b""
+    assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
     try:
         sel.register(proc.stdout, selectors.EVENT_READ, "out")
@@ -182,7 +210,7 @@ def run_loadgen(cmd: list[str], timeout: float, on_marker) -> dict:
             if left <= 0:
                 raise BenchError(f"load generator did not finish within {timeout:.0f}s")
             for key, _ in sel.select(timeout=min(left, 1.0)):
-                chunk = os.read(key.fileobj.fileno(), 65536)
+                chunk = os.read(key.fd, 65536)
                 if not chunk:
                     sel.unregister(key.fileobj)
                     open_streams -= 1
@@ -217,25 +245,30 @@ def run_loadgen(cmd: list[str], timeout: float, on_marker) -> dict:
     return result
 
 
-def measure(server_name: str, wl: Workload, args, bins) -> dict:
+def loadgen_cmd(port: int, wl: Workload, args: argparse.Namespace,
+                bins: dict[str, Path]) -> list[str]:
+    """The generator for one run of wl (pinned to GEN_CPU)."""
+    return pinned(GEN_CPU, [str(bins["loadgen"]), "-H", "127.0.0.1", "-p", str(port),
+                            "-c", str(args.conns), "-k", str(args.keys),
+                            "-t", str(args.duration), "-w", str(args.warmup), *wl.args,
+                            *(["--preload"] if wl.preload else [])], args)
+
+
+def measure(server_name: str, wl: Workload, args: argparse.Namespace,
+            bins: dict[str, Path]) -> dict[str, Any]:
     port = free_port()
     srv = Server(server_name, server_cmd(server_name, port, wl, args, bins), port)
     try:
         srv.start(ready_timeout=args.ready_timeout)
-        gen = pinned(GEN_CPU, [str(bins["loadgen"]), "-H", "127.0.0.1", "-p", str(port),
-                               "-c", str(args.conns), "-k", str(args.keys),
-                               "-t", str(args.duration), "-w", str(args.warmup),
-                               *wl.args], args)
-        if wl.preload:
-            gen.append("--preload")
+        gen = loadgen_cmd(port, wl, args, bins)
         marks: dict[str, tuple[float, int, dict]] = {}
 
         def on_marker(text: str) -> None:
-            marks[text] = (time.monotonic(), proc_tree_ticks(srv.proc.pid), cpu_stat())
+            marks[text] = (time.monotonic(), proc_tree_ticks(srv.pid), cpu_stat())
 
         res = run_loadgen(gen, args.duration + args.warmup + 180, on_marker)
-        if srv.proc.poll() is not None:
-            raise BenchError(f"{server_name} died during the run (exit {srv.proc.returncode}); "
+        if (rc := srv.exit_code()) is not None:
+            raise BenchError(f"{server_name} died during the run (exit {rc}); "
                              f"see {srv.logfile}")
         start = marks.get("# measure-start")
         end = marks.get("# measure-end")
@@ -275,16 +308,16 @@ METRICS = ("ops_per_s", "keys_per_s", "p50_us", "p99_us", "cpu_us_per_op",
            "cpu0_other_pct", "cpu1_other_pct", "cpu0_steal_pct", "cpu1_steal_pct")
 
 
-def median_of(runs: list[dict], key: str):
+def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
     vals = [r[key] for r in runs if r.get(key) is not None]
     return statistics.median(vals) if vals else None
 
 
-def fmt(v, spec: str) -> str:
+def fmt(v: float | None, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
-def setup_line(args) -> str:
+def setup_line(args: argparse.Namespace) -> str:
     try:
         mc = subprocess.run([args.memcached, "-V"], capture_output=True, text=True,
                             timeout=10).stdout.strip()
@@ -299,9 +332,22 @@ def setup_line(args) -> str:
             f"{args.warmup:g} s warmup per run")
 
 
-def print_tables(results: dict, workloads: list[Workload], servers: list[str], rounds: int,
-                 setup: str = ""):
-    med = {}
+def paired_ratio(results: Results, wl: Workload, num: str, den: str, key: str
+                 ) -> tuple[float | None, list[float]]:
+    """num's key / den's key, taken within each round, and the median of those ratios.
+
+    Two servers measured minutes apart on a shared machine can see different background
+    load; within one round they are neighbours, so a ratio per round cancels most of it.
+    """
+    by_round = {r["round"]: r.get(key) for r in results.get((wl.name, den), [])}
+    ratios = [r[key] / by_round[r["round"]] for r in results.get((wl.name, num), [])
+              if r.get(key) is not None and by_round.get(r["round"])]
+    return (statistics.median(ratios) if ratios else None), ratios
+
+
+def print_tables(results: Results, workloads: list[Workload], servers: list[str], rounds: int,
+                 setup: str = "") -> None:
+    med: dict[tuple[str, str], dict[str, float | None]] = {}
     for (wname, sname), runs in results.items():
         med[(wname, sname)] = {k: median_of(runs, k) for k in METRICS}
     label = " (median of %d rounds)" % rounds if rounds > 1 else ""
@@ -311,19 +357,39 @@ def print_tables(results: dict, workloads: list[Workload], servers: list[str], r
     if setup:
         print(setup)
         print()
-    print("| workload | server | ops/s | keys/s | p50 µs | p99 µs | cpu µs/op | ratio vs memcached |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| workload | server | ops/s | keys/s | p50 µs | p99 µs | cpu µs/op | vs floor | "
+          "vs memcached |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for wl in workloads:
-        base = med.get((wl.name, "memcached"), {}).get("ops_per_s")
         for s in servers:
             m = med.get((wl.name, s))
             if m is None:
                 continue
-            ratio = (m["ops_per_s"] / base) if (base and m["ops_per_s"] is not None) else None
+            vs_floor, _ = paired_ratio(results, wl, s, "floor", wl.rate)
+            vs_mc, _ = paired_ratio(results, wl, s, "memcached", wl.rate)
             keys = fmt(m["keys_per_s"], ",.0f") if wl.multikey else "–"
-            print(f"| {wl.name} | {s} | {fmt(m['ops_per_s'], ',.0f')} | {keys} | "
+            print(f"| {wl.label} | {s} | {fmt(m['ops_per_s'], ',.0f')} | {keys} | "
                   f"{fmt(m['p50_us'], '.0f')} | {fmt(m['p99_us'], '.0f')} | "
-                  f"{fmt(m['cpu_us_per_op'], '.2f')} | {fmt(ratio, '.2f')} |")
+                  f"{fmt(m['cpu_us_per_op'], '.2f')} | {fmt(vs_floor, '.2f')} | "
+                  f"{fmt(vs_mc, '.2f')} |")
+    print()
+    print("Paired ratios (within each round, then the median; keys/s for bm, else ops/s) "
+          "against issue 7's targets for trio-mc / floor:")
+    print()
+    print("| workload | " + " | ".join(f"{a} / {b}" for a, b in RATIOS)
+          + " | target (/ floor) | met? | " + " | ".join(f"{a} / {b} per round" for a, b in RATIOS)
+          + " |")
+    print("|---|" + "---:|" * len(RATIOS) + "---:|---|" + "---|" * len(RATIOS))
+    for wl in workloads:
+        pairs = [paired_ratio(results, wl, a, b, wl.rate) for a, b in RATIOS]
+        if all(median is None for median, _ in pairs):
+            continue
+        to_floor = pairs[0][0]
+        met = "–" if to_floor is None else ("yes" if to_floor >= wl.floor_target else "no")
+        print(f"| {wl.label} | " + " | ".join(fmt(median, ".2f") for median, _ in pairs)
+              + f" | >= {wl.floor_target:.2f} | {met} | "
+              + " | ".join(" ".join(f"{x:.2f}" for x in each) or "–" for _, each in pairs)
+              + " |")
     print()
     print("Diagnostics (measurement window): CPU busy % of the server (cpu0) and the "
           "generator (cpu1); generator CPU µs per request (the generator saturates "
@@ -340,10 +406,8 @@ def print_tables(results: dict, workloads: list[Workload], servers: list[str], r
             if m is None:
                 continue
             hit = fmt(m["hit_ratio"], ".3f") if wl.preload else "–"
-            base_cpu = med.get((wl.name, "memcached"), {}).get("cpu_us_per_op")
-            cpu_ratio = (m["cpu_us_per_op"] / base_cpu
-                         if base_cpu and m["cpu_us_per_op"] is not None else None)
-            print(f"| {wl.name} | {s} | {fmt(m['server_cpu_pct'], '.0f')} | "
+            cpu_ratio, _ = paired_ratio(results, wl, s, "memcached", "cpu_us_per_op")
+            print(f"| {wl.label} | {s} | {fmt(m['server_cpu_pct'], '.0f')} | "
                   f"{fmt(m['gen_cpu_pct'], '.0f')} | {fmt(m['gen_cpu_us_per_op'], '.2f')} | "
                   f"{fmt(cpu_ratio, '.2f')} | "
                   f"{fmt(m['cpu0_other_pct'], '.0f')}/{fmt(m['cpu1_other_pct'], '.0f')} | "
@@ -357,13 +421,13 @@ def print_tables(results: dict, workloads: list[Workload], servers: list[str], r
         print(f"WARNING: {len(noisy)} of {len(med)} result rows had >15% foreign load or "
               ">10% steal on the benchmark CPUs; those numbers are not trustworthy.")
     print()
-    print("Workloads: " + "; ".join(f"{w.name} = {w.title}" for w in workloads) + ".")
+    print("Workloads: " + "; ".join(f"{w.label} = {w.title}" for w in workloads) + ".")
 
 
 # --------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=10.0,
@@ -375,7 +439,8 @@ def parse_args(argv=None):
     p.add_argument("--only", action="append", choices=SERVERS,
                    help="run only this server (repeatable)")
     p.add_argument("--workload", action="append", choices=list(WORKLOAD_BY_NAME),
-                   help="run only this workload (repeatable)")
+                   help="run only this workload, by name or issue 7's letter (a, b, bm, "
+                        "c); repeatable")
     p.add_argument("--server-cmd", default=None,
                    help="trio-mc command; '{port}' is substituted, otherwise '-p PORT' "
                         "is appended (default: python -m trio_mc serve -t 1 -m 1024 "
@@ -406,7 +471,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.pin:
         if shutil.which("taskset") is None:
@@ -419,18 +484,19 @@ def main(argv=None) -> int:
     if args.rt and shutil.which("chrt") is None:
         raise SystemExit("chrt not found (util-linux)")
     servers = [s for s in SERVERS if not args.only or s in args.only]
-    workloads = [w for w in WORKLOADS if not args.workload or w.name in args.workload]
+    chosen = {WORKLOAD_BY_NAME[name] for name in args.workload or ()}
+    workloads = [w for w in WORKLOADS if not chosen or w in chosen]
     if "memcached" in servers and not Path(args.memcached).exists():
         raise SystemExit(f"memcached not found at {args.memcached}")
     bins = compile_programs(force=args.rebuild)
 
     # SIGTERM behaves like Ctrl-C so that the finally blocks stop the servers
-    def on_term(signum, frame):
+    def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
 
-    results: dict[tuple[str, str], list[dict]] = {}
+    results: Results = {}
     jf = open(args.json, "a") if args.json else None
     failed = False
     try:

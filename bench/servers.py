@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -45,14 +46,19 @@ class Server:
     name: str
     cmd: list[str]
     port: int
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     logfile: Path | None = None
-    _log: object = field(default=None, repr=False)
+    _log: BinaryIO | None = field(default=None, repr=False)
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def exit_code(self) -> int | None:
+        """The exit status if the process has ended, else None."""
+        assert self.proc is not None
+        return self.proc.poll()
 
     def start(self, ready_timeout: float) -> None:
         OUT_DIR.mkdir(exist_ok=True)
