@@ -9,11 +9,26 @@ from __future__ import annotations
 
 from trio_mc.numbers import safe_strtoull
 from trio_mc.store.items import (
-    CLSID_AT, FETCHED, HEADER_SIZE, KEY_BINARY, STALE, TOKEN_SENT, nbytes, pack_header, unpack_header, value_at,
+    CLSID_AT,
+    FETCHED,
+    HEADER_SIZE,
+    KEY_BINARY,
+    STALE,
+    TOKEN_SENT,
+    nbytes,
+    pack_header,
+    unpack_header,
+    value_at,
 )
 from trio_mc.store.maintainer import Maintainer
 from trio_mc.store.results import (
-    TTL_RECACHE, TTL_REPORT, TTL_SET, TTL_VIVIFY, DeleteResult, DeltaResult, MetaItem,
+    TTL_RECACHE,
+    TTL_REPORT,
+    TTL_SET,
+    TTL_VIVIFY,
+    DeleteResult,
+    DeltaResult,
+    MetaItem,
 )
 
 _U64 = 1 << 64

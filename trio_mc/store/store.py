@@ -25,8 +25,19 @@ from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
 from trio_mc.sizes import item_total_size, too_large
 from trio_mc.store.counters import ClassStats, StoreStats
 from trio_mc.store.items import (
-    ACTIVE, CLSID_AT, HEADER_SIZE, KEY_BINARY, SEG_MASK, SEGMENT, STALE, TAIL_AT, TOKEN_SENT, pack_header,
-    unpack_header, value_at, with_segment,
+    ACTIVE,
+    CLSID_AT,
+    HEADER_SIZE,
+    KEY_BINARY,
+    SEG_MASK,
+    SEGMENT,
+    STALE,
+    TAIL_AT,
+    TOKEN_SENT,
+    pack_header,
+    unpack_header,
+    value_at,
+    with_segment,
 )
 from trio_mc.store.meta import Meta
 from trio_mc.store.results import DeltaResult, MetaItem, StoreResult
@@ -209,7 +220,8 @@ class Store(Meta):
             if mode == ADD:  # refused, but the existing item counts as used
                 new_time = self._update_time(old_time, now)
                 if new_time != old_time:
-                    self._items[key] = pack_header(old_flags, old_exptime, new_time, old_cas, old_iflags) + old[HEADER_SIZE:]
+                    header = pack_header(old_flags, old_exptime, new_time, old_cas, old_iflags)
+                    self._items[key] = header + old[HEADER_SIZE:]
                 return StoreResult.NOT_STORED, 0, 0
             new_exptime = self.realtime(exptime) if exptime else 0
             if mode == CAS:
