@@ -18,7 +18,7 @@ import socket
 
 import trio
 
-READ_SIZE = 65536  # as trio_mc.server.conn: one read takes a whole pipelined batch
+READ_SIZE = 65536  # as trio_mc.net.conn: one read takes a whole pipelined batch
 MAX_LINE = 2048  # an unfinished line longer than this closes the connection (a bound)
 STORAGE = frozenset((b"set", b"add", b"replace", b"append", b"prepend", b"cas"))
 

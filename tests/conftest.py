@@ -9,9 +9,9 @@ import trio
 import trio.testing
 from helpers import Client, ClientFactory
 from procs import ServerProcess, start_trio_mc
-from trio_mc.server.conn import ConnGroup
+from trio_mc.net.conn import ConnGroup
 from trio_mc.server.handlers import open_conn
-from trio_mc.server.transport import StreamTransport
+from trio_mc.net.transport import StreamTransport
 from trio_mc.server.serve import make_store
 from trio_mc.server.state import ServerState
 from trio_mc.settings import Settings

@@ -1,8 +1,10 @@
-"""The ``trio-mc`` command line: ``trio-mc serve`` takes memcached 1.6.18's flags.
+"""The ``trio-mc`` command line: ``serve`` takes memcached 1.6.18's flags, ``proxy``
+nutcracker 0.5.0's.
 
-Existing scripts, init files and test harnesses start memcached with its own flags, so
-``serve`` accepts the same short and long options with the same meanings and defaults, and
-refuses bad values the way memcached does (a message on stderr, non-zero exit).
+Existing scripts, init files and test harnesses start memcached and nutcracker with their
+own flags, so each subcommand accepts the same options with the same meanings and
+defaults, and refuses bad values the way its model does (a message on stderr, non-zero
+exit).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import getopt
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from trio_mc import MEMCACHED_VERSION, __version__
 from trio_mc.settings import Settings
@@ -380,25 +383,94 @@ def _validate(s: Settings, chunk_max_set: bool) -> None:
                          "into 1048576 (slab_page_size)")
 
 
+PROXY_HELP = f"""trio-mc {__version__} proxy (nutcracker 0.5.0 compatible)
+usage: trio-mc proxy -c <conf> [options]
+-c, --conf-file=<file>    pool configuration: TOML (.toml) or nutcracker YAML (.yml, .yaml)
+    --pool=<file>         the same
+-t, --test-conf           check the configuration and exit (0 if it is usable)
+-v, --verbose=<N>         logging level (default: 0)
+-T, --threads=<N>         worker threads (trio-mc; default: 1)
+-h, --help                print this help and exit
+-V, --version             print the version and exit
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyArgs:
+    conf: str
+    test_conf: bool
+    verbose: int
+    threads: int
+
+
+def parse_proxy_args(argv: Sequence[str]) -> ProxyArgs | str:
+    """Parse ``proxy`` flags (nutcracker's spelling); text to print and exit 0 for -h, -V."""
+    try:
+        opts, rest = getopt.gnu_getopt(list(argv), "hVtc:v:T:", [
+            "help", "version", "test-conf", "conf-file=", "pool=", "verbose=", "threads="])
+    except getopt.GetoptError as exc:
+        raise UsageError(f"trio-mc proxy: {exc.msg}\n{PROXY_HELP}") from exc
+    if rest:
+        raise UsageError(f"trio-mc proxy: unexpected argument '{rest[0]}'")
+    conf, test_conf, verbose, threads = "", False, 0, 1
+    for opt, value in opts:
+        if opt in ("-h", "--help"):
+            return PROXY_HELP
+        if opt in ("-V", "--version"):
+            return f"This is trio-mc-{__version__} (nutcracker 0.5.0 compatible proxy)\n"
+        if opt in ("-t", "--test-conf"):
+            test_conf = True
+        elif opt in ("-c", "--conf-file", "--pool"):
+            conf = value
+        elif opt in ("-v", "--verbose"):
+            verbose = _int(opt, value)
+        elif opt in ("-T", "--threads"):
+            threads = _int(opt, value)
+            if threads < 1:
+                raise UsageError("trio-mc proxy: number of threads must be greater than 0")
+    if not conf:
+        raise UsageError(f"trio-mc proxy: a configuration file is needed (-c FILE)\n{PROXY_HELP}")
+    return ProxyArgs(conf, test_conf, verbose, threads)
+
+
+def _proxy_main(parsed: ProxyArgs) -> int:
+    if parsed.test_conf:
+        from trio_mc.proxy.config import check
+
+        problems = check(parsed.conf)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        verdict = "is invalid" if problems else "is ok"
+        print(f"trio-mc proxy: configuration file '{parsed.conf}' syntax {verdict}",
+              file=sys.stderr if problems else sys.stdout)
+        return 1 if problems else 0
+    from trio_mc.proxy.serve import run
+
+    return run(parsed.conf, threads=parsed.threads, verbose=parsed.verbose)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print("usage: trio-mc serve [memcached options]   (trio-mc serve -h for the options)")
+        print("usage: trio-mc serve [memcached options]   (trio-mc serve -h for the options)\n"
+              "       trio-mc proxy -c FILE [options]    (trio-mc proxy -h for the options)")
         return 0 if args else EX_USAGE
     if args[0] in ("-V", "--version"):
         print(f"trio-mc {__version__} (memcached {MEMCACHED_VERSION} protocol)")
         return 0
-    if args[0] != "serve":
-        print(f"trio-mc: unknown command '{args[0]}' (expected: serve)", file=sys.stderr)
+    if args[0] not in ("serve", "proxy"):
+        print(f"trio-mc: unknown command '{args[0]}' (expected: serve or proxy)", file=sys.stderr)
         return EX_USAGE
     try:
-        parsed = parse_serve_args(args[1:])
+        parsed = (parse_serve_args if args[0] == "serve" else parse_proxy_args)(args[1:])
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return EX_USAGE
-    if isinstance(parsed, str):
+    if isinstance(parsed, str):  # -h, -V
         sys.stdout.write(parsed)
         return 0
+    if isinstance(parsed, ProxyArgs):
+        return _proxy_main(parsed)
     from trio_mc.server.serve import run
 
     return run(parsed)

@@ -170,3 +170,9 @@ def metadump_line(key: bytes, exp: int, la: int, cas: int, fetched: bool, clsid:
 def cachedump_line(key: bytes, nbytes: int, exp: int) -> bytes:
     """One ``stats cachedump`` line."""
     return b"ITEM %b [%d b; %d s]\r\n" % (key, nbytes, exp)
+
+
+def server_error(text: bytes) -> bytes:
+    """``SERVER_ERROR <text>``: how a proxy reports a request it could not forward
+    (twemproxy writes the errno text, e.g. ``Connection refused``)."""
+    return b"SERVER_ERROR " + text + b"\r\n"

@@ -45,6 +45,9 @@ DELETE = 4
 TOUCH = 5
 VERSION = 6
 META = 7  # mg/ms/md/ma/mn/me
+#: A quiet meta command fenced by ``mn``: zero or more meta replies, then ``MN`` (the
+#: proxy sends the fence because a quiet command's reply may never come).
+QUIET = 8
 
 #: :attr:`Response.status` of an incr/decr result (the other statuses are the wire words).
 NUMBER = b"NUMBER"
@@ -169,6 +172,7 @@ _FIXED: dict[int, dict[bytes, tuple[bytes, bytes]]] = {
     TOUCH: _fixed(replies.TOUCHED, replies.NOT_FOUND),
     VERSION: _fixed(),
     META: _fixed(replies.MN, replies.EN, b"HD\r\n", b"NF\r\n", b"NS\r\n", b"EX\r\n"),
+    QUIET: _fixed(replies.MN),
 }
 # Kind -> how any other line is read.
 _READERS: dict[int, Callable[[bytes], _Line]] = {
@@ -179,6 +183,7 @@ _READERS: dict[int, Callable[[bytes], _Line]] = {
     TOUCH: _error_line,
     VERSION: _version_line,
     META: _meta_line,
+    QUIET: _meta_line,
 }
 
 
@@ -278,7 +283,10 @@ class ResponseReader:
             status, size = read
             if size < 0:
                 pos = nl + 1
-                out.append(self._complete(buf, start, pos, status))
+                if kind == QUIET:  # a reply before the fence: it ends at MN, like a VALUE at END
+                    self._spans.append((self._have + nl + 1 - start - len(line) - 2, self._have + pos - start))
+                else:
+                    out.append(self._complete(buf, start, pos, status))
                 continue
             block_end = nl + 1 + size + 2
             self._block_at = self._have + pos - start

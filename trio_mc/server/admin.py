@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from trio_mc.net.conn import Effect, Out
 from trio_mc.numbers import safe_strtol, safe_strtoll, safe_strtoul
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
-from trio_mc.server.conn import Effect, Out
 from trio_mc.server.logger import uriencode
 from trio_mc.server.session import Session
 

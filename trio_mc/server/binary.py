@@ -12,10 +12,10 @@ from typing import Any
 
 from trio_mc import MEMCACHED_VERSION
 from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
+from trio_mc.net.conn import CLOSE, QUIT, Effect, Out
 from trio_mc.protocol import binary as bp
 from trio_mc.protocol import commands as cmd
 from trio_mc.server import stats
-from trio_mc.server.conn import CLOSE, QUIT, Effect, Out
 from trio_mc.server.session import Session
 from trio_mc.sizes import too_large
 from trio_mc.store.results import TTL_VIVIFY, DeleteResult, DeltaResult, StoreResult

@@ -8,13 +8,14 @@ this table with a :class:`~trio_mc.server.session.Session` of its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from trio_mc.net.conn import Conn, ConnGroup, Effect, Out
+from trio_mc.net.transport import Transport
 from trio_mc.server import admin, binary, meta, text
-from trio_mc.server.conn import Conn, ConnGroup, Effect, Out
 from trio_mc.server.session import Session
 from trio_mc.server.state import ServerState
-from trio_mc.server.transport import Transport
+from trio_mc.server.thread_stats import ThreadStats
 
 HANDLERS: dict[type, Callable[[Any, Session, Out], Effect]] = {
     **text.HANDLERS, **meta.HANDLERS, **binary.HANDLERS, **admin.HANDLERS,
@@ -24,5 +25,6 @@ HANDLERS: dict[type, Callable[[Any, Session, Out], Effect]] = {
 def open_conn(server: ServerState, transport: Transport, group: ConnGroup, *, fd: int, addr: str,
               listen_addr: str) -> Conn:
     """A cache-server connection: the memcached protocols with this server's handlers."""
-    return Conn(transport, group, HANDLERS, Session(server, group.tstats, fd),
+    tstats = cast(ThreadStats, group.tstats)  # the server's groups count into its ThreadStats
+    return Conn(transport, group, HANDLERS, Session(server, tstats, fd),
                 fd=fd, addr=addr, listen_addr=listen_addr)

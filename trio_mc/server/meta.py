@@ -11,9 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 from trio_mc.modes import ADD, APPEND, CAS, PREPEND, REPLACE, SET
+from trio_mc.net.conn import Effect, Out
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
-from trio_mc.server.conn import Effect, Out
 from trio_mc.server.session import Session
 from trio_mc.store.results import (
     TTL_RECACHE,

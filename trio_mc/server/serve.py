@@ -14,9 +14,7 @@ test can drive the whole server under one ``MockClock``.
 
 from __future__ import annotations
 
-import errno
 import functools
-import itertools
 import os
 import resource
 import signal
@@ -27,19 +25,18 @@ from collections.abc import Callable
 
 import trio
 
+from trio_mc.net.acceptor import Acceptor, endpoint_for
+from trio_mc.net.conn import ConnGroup
+from trio_mc.net.listen import bind_tcp, bind_unix
+from trio_mc.net.worker import describe
 from trio_mc.protocol import replies
-from trio_mc.server.conn import ConnGroup
 from trio_mc.server.handlers import open_conn
 from trio_mc.server.state import Listener, ServerState
-from trio_mc.server.worker import Worker, describe, serve_socket
 from trio_mc.settings import Settings
 from trio_mc.store.clock import Clock
 from trio_mc.store.slabs import SlabClasses
 from trio_mc.store.store import Store
 
-#: accept() errors that mean "out of descriptors or memory right now": back off, retry.
-ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-ACCEPT_BACKOFF = 0.1
 #: How long a graceful shutdown waits for busy connections before cutting them.
 GRACEFUL_TIMEOUT = 10.0
 
@@ -71,19 +68,7 @@ def open_listeners(settings: Settings) -> tuple[list[socket.socket], list[socket
     ports are written there as memcached does (for harnesses that use ephemeral ports).
     """
     if settings.socketpath:
-        path = settings.socketpath
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(~settings.access & 0o777)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        sock.listen(settings.backlog)
-        return [sock], []
+        return [bind_unix(settings.socketpath, settings.access, backlog=settings.backlog)], []
     tcp = _bind_all(settings, settings.port, socket.SOCK_STREAM)
     udp = _bind_all(settings, settings.udpport, socket.SOCK_DGRAM)
     port_file = os.environ.get("MEMCACHED_PORT_FILENAME")
@@ -98,6 +83,7 @@ def open_listeners(settings: Settings) -> tuple[list[socket.socket], list[socket
 
 
 def _bind_all(settings: Settings, port: int, kind: int) -> list[socket.socket]:
+    """memcached's ``-l`` list: ``host``, ``host:port`` or ``[v6]:port`` entries."""
     if port == 0:
         return []
     socks = []
@@ -110,49 +96,30 @@ def _bind_all(settings: Settings, port: int, kind: int) -> list[socket.socket]:
         elif spec.count(":") == 1:
             host, port_text = spec.split(":")
             the_port = int(port_text)
-        host_or_none = None if host in ("*", "") else host
-        the_port = 0 if the_port == -1 else the_port
-        for family, type_, proto, _, addr in socket.getaddrinfo(
-                host_or_none, the_port, socket.AF_UNSPEC, kind, 0, socket.AI_PASSIVE):
-            sock = socket.socket(family, type_, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(addr)
-            if kind == socket.SOCK_STREAM:
-                sock.listen(settings.backlog)
-            socks.append(sock)
+        socks += bind_tcp(None if host in ("*", "") else host, 0 if the_port == -1 else the_port, kind,
+                          backlog=settings.backlog)
     return socks
 
 
-async def accept_loop(listener: trio.socket.SocketType, state: ServerState,
-                      dispatch: Callable[[socket.socket, str], None]) -> None:
-    """memcached's ``conn_listening`` state: accept, apply ``-c``, hand off."""
+def _maxconns_rule(state: ServerState) -> Callable[[socket.socket], bool]:
+    """memcached's ``maxconns_fast`` rule: the new descriptor's number decides; a refused
+    client gets memcached's error line before the close."""
     settings = state.settings
-    listen_addr = describe(listener, peer=False)  # type: ignore[arg-type]
-    while True:
+
+    def reject(sock: socket.socket) -> bool:
+        if not (settings.maxconns_fast and sock.fileno() >= settings.maxconns - 1):
+            return False
+        with state.lock:
+            state.rejected_conns += 1
         try:
-            tsock, _ = await listener.accept()
-        except OSError as exc:
-            if exc.errno in ACCEPT_CAPACITY_ERRNOS:
-                if settings.verbose:
-                    print("Too many open connections", file=sys.stderr)
-                await trio.sleep(ACCEPT_BACKOFF)
-                continue
-            raise
-        sock = socket.socket(fileno=tsock.detach())
-        # memcached's maxconns_fast rule: the new descriptor's number decides.
-        if settings.maxconns_fast and sock.fileno() >= settings.maxconns - 1:
-            with state.lock:
-                state.rejected_conns += 1
-            try:
-                sock.setblocking(False)
-                sock.send(replies.TOO_MANY_CONNECTIONS)
-            except OSError:
-                pass
-            sock.close()
-            continue
-        dispatch(sock, listen_addr)
+            sock.setblocking(False)
+            sock.send(replies.TOO_MANY_CONNECTIONS)
+        except OSError:
+            pass
+        sock.close()
+        return True
+
+    return reject
 
 
 async def serve(
@@ -178,11 +145,11 @@ async def serve(
     """
     state = ServerState(settings, store or make_store(settings))
     socks, udp_socks = open_listeners(settings)
-    listeners = [trio.socket.from_stdlib_socket(sock) for sock in socks]
+    connect = functools.partial(open_conn, state)
+    listeners = [endpoint_for(sock, connect) for sock in socks]
     state.listeners = [Listener(sock.fileno(), describe(sock, peer=False)) for sock in socks]
     state.udp = [Listener(sock.fileno(), describe(sock, peer=False)) for sock in udp_socks]
     token = trio.lowlevel.current_trio_token()
-    nthreads = settings.num_threads if threads is None else threads
     requested = trio.Event()
     graceful = False
 
@@ -195,55 +162,33 @@ async def serve(
         graceful = is_graceful
         requested.set()
 
+    def new_group() -> ConnGroup:
+        return ConnGroup(settings, state.store.clock, state.new_thread_stats(), state)
+
+    acceptor = Acceptor(settings.num_threads if threads is None else threads, new_group,
+                        reject=_maxconns_rule(state), verbose=bool(settings.verbose))
     state.request_shutdown = lambda is_graceful: token.run_sync_soon(request_shutdown, is_graceful)
     try:
         async with trio.open_nursery() as nursery:
-            connect = functools.partial(open_conn, state)
-
-            def new_group() -> ConnGroup:
-                return ConnGroup(settings, state.store.clock, state.new_thread_stats(), state)
-
-            workers = [Worker(i, new_group(), connect) for i in range(nthreads)]
-            for worker in workers:
-                await nursery.start(worker.supervise)
-            local = new_group() if not workers else None
-            if local is not None:
-                nursery.start_soon(local.sweep_idle)
-
-                def dispatch(sock: socket.socket, listen_addr: str) -> None:
-                    conn_nursery.start_soon(serve_socket, sock, listen_addr, local, connect)
-            else:
-                ring = itertools.cycle(workers)
-
-                def dispatch(sock: socket.socket, listen_addr: str) -> None:
-                    next(ring).dispatch(sock, listen_addr)
+            await nursery.start(acceptor.run, listeners)
             if handle_signals:
                 nursery.start_soon(_watch_signals, state, request_shutdown)
             if settings.lru_maintainer_thread or settings.lru_crawler:
                 nursery.start_soon(_maintain, state)
-            async with trio.open_nursery() as conn_nursery:
-                accepting = trio.CancelScope()
-                conn_nursery.start_soon(_accept_all, accepting, listeners, state, dispatch)
-                task_status.started(state)
-                await requested.wait()
-                accepting.cancel()
-                state.accepting = False
-                if not graceful:
-                    nursery.cancel_scope.cancel()
-                    return
-                if settings.verbose:
-                    print("Gracefully stopping", file=sys.stderr)
-                nursery.cancel_scope.deadline = trio.current_time() + grace
-                for worker in workers:
-                    worker.drain()
-                if local is not None:
-                    local.drain()
-                    await local.empty.wait()
-            for worker in workers:
-                await worker.stopped.wait()
+            task_status.started(state)
+            await requested.wait()
+            acceptor.stop_accepting()
+            state.accepting = False
+            if not graceful:
+                nursery.cancel_scope.cancel()
+                return
+            if settings.verbose:
+                print("Gracefully stopping", file=sys.stderr)
+            nursery.cancel_scope.deadline = trio.current_time() + grace
+            await acceptor.drain()
             nursery.cancel_scope.cancel()
     finally:
-        for listener in listeners:
+        for listener, _ in listeners:
             listener.close()
         for sock in udp_socks:
             sock.close()
@@ -261,14 +206,6 @@ async def _maintain(state: ServerState) -> None:
         await trio.sleep(1)
         state.store.reclaim_step()
         state.store.maintain()
-
-
-async def _accept_all(scope: trio.CancelScope, listeners: list[trio.socket.SocketType],
-                      state: ServerState, dispatch: Callable[[socket.socket, str], None]) -> None:
-    with scope:
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(accept_loop, listener, state, dispatch)
 
 
 async def _watch_signals(state: ServerState, request_shutdown: Callable[[bool], None]) -> None:

@@ -2,7 +2,7 @@
 
 A handler is ``handler(command, session, out) -> effect`` (see :mod:`.conn`): it executes one
 parsed command, appends its reply bytes to ``out`` and returns ``None`` or an effect for the
-connection to apply.  Handlers never see the :class:`~trio_mc.server.conn.Conn` itself, so
+connection to apply.  Handlers never see the :class:`~trio_mc.net.conn.Conn` itself, so
 the connection's state machine stays in one place and no command can put it in a state it
 does not expect.
 """

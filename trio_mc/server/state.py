@@ -22,7 +22,7 @@ from trio_mc.settings import Settings
 from trio_mc.store.store import Store
 
 if TYPE_CHECKING:
-    from trio_mc.server.conn import Conn
+    from trio_mc.net.conn import Conn
 
 
 def load_auth_file(path: str) -> dict[bytes, bytes]:

@@ -2,7 +2,7 @@
 
 With :mod:`trio_mc.protocol.parser` (parsing) and :mod:`trio_mc.protocol.replies` (reply
 bytes), this is the third of the three files that hold a text command end to end.  Each
-handler is ``handler(command, session, out) -> effect`` (see :mod:`trio_mc.server.conn`).
+handler is ``handler(command, session, out) -> effect`` (see :mod:`trio_mc.net.conn`).
 ``noreply`` silences every reply a command would send, errors included, as in memcached.
 """
 
@@ -14,13 +14,13 @@ from typing import Any
 import trio
 
 from trio_mc import MEMCACHED_VERSION, modes
+from trio_mc.net.conn import AUTHENTICATED, CLOSE, QUIT, Effect, Out
+from trio_mc.net.transport import Transport
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
 from trio_mc.server import stats
-from trio_mc.server.conn import AUTHENTICATED, CLOSE, QUIT, Effect, Out
 from trio_mc.server.logger import Watcher, uriencode
 from trio_mc.server.session import Session
-from trio_mc.server.transport import Transport
 from trio_mc.store.results import DeltaResult, StoreResult
 
 #: memcached caps ``verbosity`` at this level.

@@ -34,7 +34,10 @@ class Transport(Protocol):
 
     async def receive(self) -> bytes: ...  # b"" at end of stream
 
-    async def send(self, data: bytes) -> None: ...
+    async def send(self, data: bytes | memoryview) -> None: ...
+
+    def send_nowait(self, data: bytes | memoryview) -> int:
+        """Send what the kernel takes now, without waiting; returns the bytes sent."""
 
     async def send_pieces(self, pieces: list[Piece], total: int) -> None:
         """Send ``pieces`` (``total`` bytes in all) in order; returns once all are out."""
@@ -78,7 +81,7 @@ class SocketTransport:
             self._more = len(data) == READ_SIZE
             return data
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | memoryview) -> None:
         sock = self.sock
         try:
             sent = sock.send(data)
@@ -94,9 +97,15 @@ class SocketTransport:
             except BlockingIOError:
                 continue
 
+    def send_nowait(self, data: bytes | memoryview) -> int:
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0
+
     async def send_pieces(self, pieces: list[Piece], total: int) -> None:
         if total <= JOIN_LIMIT:
-            await self.send(pieces[0] if len(pieces) == 1 else b"".join(pieces))  # type: ignore[arg-type]
+            await self.send(pieces[0] if len(pieces) == 1 else b"".join(pieces))
             return
         sock = self.sock
         start = 0
@@ -133,8 +142,11 @@ class StreamTransport:
     async def receive(self) -> bytes:
         return bytes(await self.stream.receive_some(READ_SIZE))
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | memoryview) -> None:
         await self.stream.send_all(data)
+
+    def send_nowait(self, data: bytes | memoryview) -> int:
+        return 0  # a stream has no non-blocking send: everything goes through send()
 
     async def send_pieces(self, pieces: list[Piece], total: int) -> None:
         await self.stream.send_all(b"".join(pieces))

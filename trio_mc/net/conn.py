@@ -31,13 +31,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import trio
 
+from trio_mc.net.transport import Piece, Transport
 from trio_mc.protocol.binary import BinaryParser
 from trio_mc.protocol.parser import Parser
-from trio_mc.server.transport import Piece, Transport
 from trio_mc.settings import response_budget
 
 if TYPE_CHECKING:
-    from trio_mc.server.thread_stats import ThreadStats
     from trio_mc.settings import Settings
     from trio_mc.store.clock import Clock
 
@@ -65,6 +64,16 @@ Handler: TypeAlias = Callable[[Any, Any, Out], Effect]
 _DISCONNECTED = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
+class ConnCounters(Protocol):
+    """The per-loop counters a connection keeps (memcached's ``thread_stats`` subset)."""
+
+    bytes_read: int
+    bytes_written: int
+    conn_yields: int
+    idle_kicks: int
+    response_obj_oom: int
+
+
 class ConnRegistry(Protocol):
     """Who keeps count of the connections (``curr_connections``, ``stats conns``)."""
 
@@ -80,12 +89,17 @@ class ConnGroup:
     group closes idle connections (``-o idle_timeout``) and drains for a graceful shutdown.
     """
 
-    def __init__(self, settings: Settings, clock: Clock, tstats: ThreadStats,
+    def __init__(self, settings: Settings, clock: Clock, tstats: ConnCounters,
                  registry: ConnRegistry) -> None:
         self.settings = settings
         self.clock = clock
         self.tstats = tstats
         self.registry = registry
+        #: The loop's connection nursery, set by whoever runs the loop: owners start tasks
+        #: that outlive one connection there (the proxy's backend connections).
+        self.nursery: trio.Nursery | None = None
+        #: Per-loop state of the owner (the proxy keeps its server pools here).
+        self.context: object = None
         self.conns: set[Conn] = set()
         self.draining = False
         self.empty = trio.Event()
@@ -128,6 +142,7 @@ class Conn:
     __slots__ = (
         "transport", "group", "handlers", "session", "settings", "tstats", "clock", "parser",
         "fd", "addr", "listen_addr", "state", "last_cmd_time", "close_reason", "scope", "budget",
+        "before_read",
     )
 
     def __init__(
@@ -140,6 +155,7 @@ class Conn:
         fd: int,
         addr: str,
         listen_addr: str,
+        before_read: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         settings = group.settings
         self.transport = transport
@@ -160,6 +176,9 @@ class Conn:
         self.last_cmd_time = self.clock.tick()
         self.close_reason = b"normal"  # as memcached's watch connevents reports it
         self.scope = trio.CancelScope()
+        #: Awaited before each read: an owner whose replies complete later (the proxy)
+        #: stops reading a client here while too many of its replies are pending.
+        self.before_read = before_read
 
     @property
     def idle(self) -> bool:
@@ -213,6 +232,8 @@ class Conn:
             self.state = self.parser.state
             if group.draining and self.idle:
                 return
+            if self.before_read is not None:
+                await self.before_read()
             data = await transport.receive()
             if not data:
                 return

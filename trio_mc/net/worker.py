@@ -1,8 +1,10 @@
 """Worker threads: each hosts its own ``trio.run``, as each memcached worker has its own
 libevent base.
 
-The acceptor hands a worker an accepted socket with :meth:`Worker.dispatch`.  The socket
-travels through an unbounded memory channel (memcached's per-thread CQ) and
+The acceptor hands a worker an accepted socket with :meth:`Worker.dispatch`, together with
+the :class:`Endpoint` it was accepted on (memcached's ``CQ_ITEM`` carries the listener's
+transport and initial state the same way).  The socket travels through an unbounded memory
+channel (memcached's per-thread CQ) and
 ``TrioToken.run_sync_soon`` wakes the worker's loop (memcached's notify pipe; the token's
 entry queue is exactly a locked queue plus a wake-up write).  ``trio.from_thread`` cannot
 be used: it refuses to run from a thread that itself runs Trio.
@@ -19,14 +21,24 @@ import math
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
-from trio_mc.server.conn import Conn, ConnGroup
-from trio_mc.server.transport import SocketTransport, Transport
+from trio_mc.net.conn import Conn, ConnGroup
+from trio_mc.net.transport import SocketTransport, Transport
 
-#: Builds the connection for an accepted socket (what the connection does is the owner's).
+#: Builds the connection for an accepted socket: ``open_conn(transport, group, *, fd, addr,
+#: listen_addr)``.  What the connection does is the owner's.
 ConnFactory = Callable[..., Conn]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A listening socket as its connections see it: its address and their factory."""
+
+    addr: str  # memcached's form, e.g. "tcp:127.0.0.1:11211"
+    open_conn: ConnFactory
 
 
 def describe(sock: socket.socket, peer: bool) -> str:
@@ -42,26 +54,24 @@ def describe(sock: socket.socket, peer: bool) -> str:
     return f"{kind}:[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{kind}:{host}:{port}"
 
 
-async def serve_socket(sock: socket.socket, listen_addr: str, group: ConnGroup,
-                       open_conn: ConnFactory) -> None:
+async def serve_socket(sock: socket.socket, endpoint: Endpoint, group: ConnGroup) -> None:
     """Run one accepted client socket to completion (in whichever loop calls it)."""
     if sock.family != socket.AF_UNIX:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     transport: Transport = SocketTransport(sock)
-    conn = open_conn(transport, group, fd=sock.fileno(), addr=describe(sock, peer=True),
-                     listen_addr=listen_addr)
+    conn = endpoint.open_conn(transport, group, fd=sock.fileno(), addr=describe(sock, peer=True),
+                              listen_addr=endpoint.addr)
     await conn.run()
 
 
 class Worker:
     """One worker thread and its loop."""
 
-    def __init__(self, index: int, group: ConnGroup, open_conn: ConnFactory) -> None:
+    def __init__(self, index: int, group: ConnGroup) -> None:
         self.index = index
         self.group = group
-        self.open_conn = open_conn
         self._token: trio.lowlevel.TrioToken | None = None
-        self._intake: trio.MemorySendChannel[tuple[socket.socket, str]] | None = None
+        self._intake: trio.MemorySendChannel[tuple[socket.socket, Endpoint]] | None = None
         self._scope: trio.CancelScope | None = None
         self._lock = threading.Lock()
         self._stop_requested = False
@@ -69,14 +79,14 @@ class Worker:
 
     # -- called from the acceptor's loop --------------------------------------------------
 
-    def dispatch(self, sock: socket.socket, listen_addr: str) -> None:
+    def dispatch(self, sock: socket.socket, endpoint: Endpoint) -> None:
         """Hand an accepted socket to this worker; if the worker is gone, close it."""
         token = self._token
         if token is None:
             sock.close()
             return
         try:
-            token.run_sync_soon(self._deliver, sock, listen_addr)
+            token.run_sync_soon(self._deliver, sock, endpoint)
         except trio.RunFinishedError:
             sock.close()
 
@@ -106,16 +116,16 @@ class Worker:
             self._intake.close()
         self.group.drain()
 
-    def _deliver(self, sock: socket.socket, listen_addr: str) -> None:
+    def _deliver(self, sock: socket.socket, endpoint: Endpoint) -> None:
         # Runs as a run_sync_soon callback: an exception here would kill the worker loop.
         try:
             assert self._intake is not None
-            self._intake.send_nowait((sock, listen_addr))
+            self._intake.send_nowait((sock, endpoint))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError, AssertionError):
             sock.close()
 
     async def _main(self, ready: Callable[[], None]) -> None:
-        send, receive = trio.open_memory_channel[tuple[socket.socket, str]](math.inf)
+        send, receive = trio.open_memory_channel[tuple[socket.socket, Endpoint]](math.inf)
         self._intake = send
         with trio.CancelScope() as scope:
             with self._lock:
@@ -125,10 +135,11 @@ class Worker:
                     scope.cancel()
             ready()
             async with trio.open_nursery() as nursery:
+                self.group.nursery = nursery
                 nursery.start_soon(self.group.sweep_idle)
                 async with receive:
-                    async for sock, listen_addr in receive:
-                        nursery.start_soon(serve_socket, sock, listen_addr, self.group, self.open_conn)
+                    async for sock, endpoint in receive:
+                        nursery.start_soon(serve_socket, sock, endpoint, self.group)
                 # Intake closed (drain): the loop ends once its connections have.
                 await self.group.empty.wait()
                 nursery.cancel_scope.cancel()

@@ -1,0 +1,276 @@
+"""The client side of the proxy: what each parsed request does, and the client's omsg_q.
+
+A client connection is the network layer's :class:`~trio_mc.net.conn.Conn` (the same
+memcached parser and state machine as the cache server) with this module's dispatch table.
+A handler turns a request into a :class:`~trio_mc.proxy.msg.Msg`, queues it on the server
+connection its key maps to and appends it to the client's ``omsg_q``; requests the proxy
+answers itself (errors, ``mn``) are msgs done at once, so every reply keeps its place.
+
+Replies leave in request order: whenever a msg completes, the client writes every done msg
+at the head of its queue, from whichever task completed it, with a non-blocking send; what
+the kernel does not take is flushed by a short-lived task that waits for the socket.  A
+client whose replies pile up (it pipelines and does not read) is not read any more until
+they drain: at most :data:`MAX_IN_FLIGHT` requests and :data:`OUTPUT_BOUND` bytes of
+replies wait per client, so the proxy's memory stays bounded whatever clients do.
+
+Deliberate difference from twemproxy, which closes a client silently on a command it does
+not forward (losing the replies to earlier pipelined requests): trio-mc answers memcached's
+own ``ERROR``/``CLIENT_ERROR`` line in its place and keeps the connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from trio_mc.net.conn import CLOSE, Conn, ConnGroup, Effect, Out
+from trio_mc.net.transport import Transport
+from trio_mc.protocol import commands as cmd
+from trio_mc.protocol import replies
+from trio_mc.protocol import requests as rq
+from trio_mc.protocol.responses import ARITH, DELETE, META, QUIET, RETRIEVAL, STORAGE, TOUCH, VERSION
+from trio_mc.proxy.config import PoolConfig
+from trio_mc.proxy.msg import Msg, Piece, local, multiget
+from trio_mc.proxy.pool import VERSION_KEY, Pool, Pools
+
+#: Requests of one client forwarded and not yet answered before it stops being read.
+MAX_IN_FLIGHT = 128
+#: Reply bytes waiting for a client that does not read before it stops being read.
+OUTPUT_BOUND = 1 << 20
+
+
+class ClientSession:
+    """One client as the proxy's handlers see it: its pool and its ordered replies."""
+
+    __slots__ = ("pool", "transport", "omsg_q", "out", "out_bytes", "flushing", "closed",
+                 "nursery", "_room")
+
+    def __init__(self, pool: Pool, transport: Transport, nursery: trio.Nursery) -> None:
+        self.pool = pool
+        self.transport = transport
+        self.omsg_q: deque[Msg] = deque()
+        self.out: list[Piece] = []  # replies written but not yet taken by the kernel
+        self.out_bytes = 0
+        self.flushing = False
+        self.closed = False
+        self.nursery = nursery
+        self._room = trio.Event()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def forward(self, key: bytes, request: list[Piece], kind: int, noreply: bool = False) -> None:
+        """Send a request to the server that holds ``key``; its reply keeps its place."""
+        msg = Msg(None if noreply else self, request, kind)
+        self.pool.conn_for(key).enqueue(msg)
+        if not noreply:
+            self.omsg_q.append(msg)
+
+    def forward_multiget(self, keys: list[bytes], with_cas: bool, exptime: int | None) -> None:
+        """One fragment per server, in key order; merged as twemproxy merges them."""
+        pool = self.pool
+        by_server: dict[int, int] = {}  # server index -> fragment index
+        frag_keys: list[list[bytes]] = []
+        key_frags: list[int] = []
+        for key in keys:
+            server = pool.continuum.server_for(key)
+            index = by_server.get(server)
+            if index is None:
+                index = by_server[server] = len(frag_keys)
+                frag_keys.append([])
+            frag_keys[index].append(key)
+            key_frags.append(index)
+        if len(frag_keys) == 1:  # one server: its reply is already the merged one
+            self.forward(keys[0], [rq.retrieval(keys, with_cas, exptime)], RETRIEVAL)
+            return
+        frags = [Msg(None, [rq.retrieval(part, with_cas, exptime)], RETRIEVAL) for part in frag_keys]
+        parent = multiget(self, frags, key_frags)
+        for server, index in by_server.items():
+            pool.servers[server].conn().enqueue(frags[index])
+        self.omsg_q.append(parent)
+
+    def answer(self, reply: bytes) -> None:
+        """A reply of the proxy's own, after the replies to earlier requests."""
+        self.omsg_q.append(local(self, reply))
+        self.wake()
+
+    # -- replies ----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Write every done reply at the head of the queue (twemproxy's ``rsp_send_next``)."""
+        if self.closed:
+            return
+        queue = self.omsg_q
+        out = self.out
+        while queue and queue[0].done:
+            reply = queue.popleft().render()
+            out.append(reply)
+            self.out_bytes += len(reply)
+        if out and not self.flushing:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            try:
+                sent = self.transport.send_nowait(data)
+            except OSError:
+                self.close()
+                return
+            if sent == len(data):
+                out.clear()
+                self.out_bytes = 0
+            else:
+                self.out[:] = [memoryview(data)[sent:]]
+                self.out_bytes = len(data) - sent
+                self.flushing = True
+                self.nursery.start_soon(self._flush)
+        if len(queue) < MAX_IN_FLIGHT and self.out_bytes < OUTPUT_BOUND:
+            self._room.set()
+
+    async def _flush(self) -> None:
+        """What the kernel did not take at once, as soon as the socket takes it."""
+        try:
+            while self.out and not self.closed:
+                data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
+                self.out.clear()
+                self.out_bytes = 0
+                await self.transport.send(data)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close()
+        finally:
+            self.flushing = False
+        if not self.closed:
+            self.wake()
+
+    async def wait_room(self) -> None:
+        """Before each read: wait while too many replies are pending (backpressure)."""
+        while len(self.omsg_q) >= MAX_IN_FLIGHT or self.out_bytes >= OUTPUT_BOUND:
+            self._room = trio.Event()
+            await self._room.wait()
+
+    async def drained(self, transport: Transport) -> None:
+        """``quit``: close once every earlier request is answered."""
+        while (self.omsg_q or self.out or self.flushing) and not self.closed:
+            self._room = trio.Event()
+            await self._room.wait()
+
+    def close(self) -> None:
+        """The client is gone: its pending replies are dropped as they arrive."""
+        self.closed = True
+        self.omsg_q.clear()
+        self.out.clear()
+        self.out_bytes = 0
+        self._room.set()
+
+
+# -- handlers: one per command type, ``handler(command, session, out) -> effect`` ------------
+
+def _get_key(key: cmd.GetKey, s: ClientSession, out: Out) -> Effect:
+    s.forward(key, [b"get " + key + b"\r\n"], RETRIEVAL)
+    return None
+
+
+def _get(c: cmd.Get, s: ClientSession, out: Out) -> Effect:
+    if not c.keys:
+        s.answer(replies.END)  # gat with no key: memcached answers END
+    elif len(c.keys) == 1:
+        s.forward(c.keys[0], [rq.retrieval(c.keys, c.with_cas, c.exptime)], RETRIEVAL)
+    else:
+        s.forward_multiget(c.keys, c.with_cas, c.exptime)
+    return None
+
+
+def _store(c: cmd.Store, s: ClientSession, out: Out) -> Effect:
+    line = rq.storage_line(c.mode, c.key, c.flags, c.exptime, len(c.data) - 2, c.cas, c.noreply)
+    s.forward(c.key, [line, c.data], STORAGE, c.noreply)
+    return None
+
+
+def _too_large(c: cmd.TooLarge, s: ClientSession, out: Out) -> Effect:
+    if not c.noreply:
+        s.answer(replies.SERVER_ERROR_TOO_LARGE)
+    return None
+
+
+def _arith(c: cmd.Arith, s: ClientSession, out: Out) -> Effect:
+    s.forward(c.key, [rq.arith(c.key, c.incr, c.delta, c.noreply)], ARITH, c.noreply)
+    return None
+
+
+def _delete(c: cmd.Delete, s: ClientSession, out: Out) -> Effect:
+    s.forward(c.key, [rq.delete(c.key, c.noreply)], DELETE, c.noreply)
+    return None
+
+
+def _touch(c: cmd.Touch, s: ClientSession, out: Out) -> Effect:
+    s.forward(c.key, [rq.touch(c.key, c.exptime, c.noreply)], TOUCH, c.noreply)
+    return None
+
+
+def _version(c: cmd.Version, s: ClientSession, out: Out) -> Effect:
+    s.forward(VERSION_KEY, [rq.VERSION], VERSION)
+    return None
+
+
+def _meta(c: cmd.MetaGet | cmd.MetaSet | cmd.MetaDelete | cmd.MetaArith, s: ClientSession,
+          out: Out) -> Effect:
+    """mg/ms/md/ma by key (a base64 key is hashed decoded).  A quiet one is fenced with
+    ``mn``: its reply, if the backend sends one, is whatever comes before the MN."""
+    request = rq.write(c)
+    if c.quiet:
+        s.forward(c.key, [*request, rq.MN], QUIET)
+    else:
+        s.forward(c.key, request, META)
+    return None
+
+
+def _meta_debug(c: cmd.MetaDebug, s: ClientSession, out: Out) -> Effect:
+    s.forward(c.key, [b"me " + c.key + b"\r\n"], META)
+    return None
+
+
+def _meta_swallow(c: cmd.MetaSwallow, s: ClientSession, out: Out) -> Effect:
+    s.answer(c.reply)
+    return None
+
+
+def _reply(c: cmd.Reply, s: ClientSession, out: Out) -> Effect:
+    s.answer(c.data)
+    return None
+
+
+def _unsupported(c: object, s: ClientSession, out: Out) -> Effect:
+    """A command a proxy does not forward (stats, flush_all, watch...): memcached's ERROR."""
+    s.answer(replies.ERROR)
+    return None
+
+
+def _quit(c: cmd.Quit, s: ClientSession, out: Out) -> Effect:
+    return s.drained
+
+
+def _close(c: cmd.Close, s: ClientSession, out: Out) -> Effect:
+    return CLOSE
+
+
+HANDLERS: dict[type, Callable[[Any, ClientSession, Out], Effect]] = {
+    bytes: _get_key, cmd.Get: _get, cmd.Store: _store, cmd.TooLarge: _too_large,
+    cmd.Arith: _arith, cmd.Delete: _delete, cmd.Touch: _touch, cmd.Version: _version,
+    cmd.MetaGet: _meta, cmd.MetaSet: _meta, cmd.MetaDelete: _meta, cmd.MetaArith: _meta,
+    cmd.MetaDebug: _meta_debug, cmd.MetaSwallow: _meta_swallow, cmd.Reply: _reply,
+    cmd.Quit: _quit, cmd.Close: _close,
+    **{t: _unsupported for t in (cmd.FlushAll, cmd.Verbosity, cmd.MemLimit, cmd.Shutdown,
+                                 cmd.Stats, cmd.Watch, cmd.Admin, cmd.Auth, cmd.Binary)},
+}
+
+
+def open_client(config: PoolConfig, transport: Transport, group: ConnGroup, *, fd: int, addr: str,
+                listen_addr: str) -> Conn:
+    """A client connection of the pool ``config``, served by this worker loop's backends."""
+    assert group.nursery is not None
+    pools = group.context
+    if not isinstance(pools, Pools):
+        pools = group.context = Pools(group.nursery)
+    session = ClientSession(pools.get(config), transport, group.nursery)
+    return Conn(transport, group, HANDLERS, session, fd=fd, addr=addr, listen_addr=listen_addr,
+                before_read=session.wait_room)
+

@@ -1,0 +1,137 @@
+"""The proxy's messages: a request and, once it is done, what its client is answered.
+
+twemproxy's vocabulary: a *msg* is one request; its *peer* is the backend's response; a
+multi-key get is a parent msg with one *fragment* per backend server, done when every
+fragment is, and answered by merging the fragments' values (``post_coalesce``).  A client
+keeps its msgs in request order in its ``omsg_q`` and writes each reply when it reaches
+the head of the queue and is done.
+
+A msg owns no buffer of its own: its request is the list of pieces to send (the value of
+a set is the slice the parser made, never copied again), and its reply is the backend's
+response bytes as read.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from trio_mc.protocol import replies
+from trio_mc.protocol.responses import ERRORS, QUIET, Response
+
+Piece = bytes | memoryview
+
+#: The reply to a multi-get of which a fragment got a reply other than VALUE..END
+#: (twemproxy marks the request EINVAL).
+_INVALID = b"Invalid argument"
+
+
+class Owner(Protocol):
+    """The client a msg answers (see :class:`~trio_mc.proxy.client.ClientSession`)."""
+
+    def wake(self) -> None:
+        """A msg of this client is done: write what is now at the head of its queue."""
+
+
+class Msg:
+    """One client request on its way to a backend and back.
+
+    ``kind`` is the response kind the backend's reply is read as
+    (:mod:`trio_mc.protocol.responses`); ``reply`` holds the bytes for the client once the
+    msg is done (a local reply is done at once); ``error`` is the errno text of a failed
+    forward (``b"Connection refused"``), answered as twemproxy's ``SERVER_ERROR <text>``.
+    """
+
+    __slots__ = ("owner", "request", "kind", "done", "reply", "error", "parent", "frags",
+                 "nfrag_done", "key_frags", "response")
+
+    def __init__(self, owner: Owner | None, request: list[Piece], kind: int) -> None:
+        self.owner = owner  # None: noreply, nobody waits for the response
+        self.request = request
+        self.kind = kind
+        self.done = False
+        self.reply: Piece = b""
+        self.error: bytes | None = None
+        self.parent: Msg | None = None  # for a fragment: the multi-get it belongs to
+        self.frags: list[Msg] | None = None  # for a multi-get: one fragment per server
+        self.nfrag_done = 0
+        self.key_frags: list[int] = []  # for a multi-get: the fragment of each key, in order
+        self.response: Response | None = None  # a fragment's response, kept for the merge
+
+    def complete(self, response: Response) -> Owner | None:
+        """The backend answered; returns the owner to wake (``None``: nothing to do yet)."""
+        if self.parent is not None:
+            self.response = response
+            return self.parent._fragment_done()
+        # A quiet meta command was fenced with mn: its reply is what came before the MN.
+        self.reply = response.raw if self.kind != QUIET else memoryview(response.raw)[:-4]
+        self.done = True
+        return self.owner
+
+    def fail(self, error: bytes) -> Owner | None:
+        """The forward failed (connection refused, reset, timed out, bad response)."""
+        if self.parent is not None:
+            if self.error is None:
+                self.error = error
+            return self.parent._fragment_done()
+        self.error = error
+        self.done = True
+        return self.owner
+
+    def _fragment_done(self) -> Owner | None:
+        self.nfrag_done += 1
+        assert self.frags is not None
+        if self.nfrag_done < len(self.frags):
+            return None
+        self.done = True
+        return self.owner
+
+    def render(self) -> Piece:
+        """The bytes a done msg answers its client."""
+        if self.frags is not None:
+            return self._merge()
+        if self.error is not None:
+            return replies.server_error(self.error)
+        return self.reply
+
+    def _merge(self) -> bytes:
+        """twemproxy's multi-get merge: for each key in request order, the next value not
+        yet taken from its server's reply, then one END.  A failed fragment fails all."""
+        assert self.frags is not None
+        for frag in self.frags:
+            if frag.error is not None:
+                return replies.server_error(frag.error)
+        for frag in self.frags:
+            response = frag.response
+            if response is None or response.status in ERRORS or not response.end:
+                return replies.server_error(_INVALID)
+        taken = [0] * len(self.frags)
+        out: list[Piece] = []
+        for index in self.key_frags:
+            response = self.frags[index].response
+            assert response is not None
+            spans = response.spans
+            i = taken[index]
+            if i < len(spans):
+                start, end = spans[i]
+                out.append(memoryview(response.raw)[start:end])
+                taken[index] = i + 1
+        out.append(replies.END)
+        return b"".join(out)
+
+
+def local(owner: Owner, reply: bytes) -> Msg:
+    """A msg answered by the proxy itself (an error line, ``mn``), in its place in order."""
+    msg = Msg(owner, [], 0)
+    msg.reply = reply
+    msg.done = True
+    return msg
+
+
+def multiget(owner: Owner, frags: list[Msg], key_frags: list[int]) -> Msg:
+    """The parent of a multi-key get split over several servers."""
+    msg = Msg(owner, [], 0)
+    msg.frags = frags
+    msg.key_frags = key_frags
+    for frag in frags:
+        frag.parent = msg
+    return msg
