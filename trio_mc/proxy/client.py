@@ -35,6 +35,7 @@ from trio_mc.protocol.responses import ARITH, DELETE, META, QUIET, RETRIEVAL, ST
 from trio_mc.proxy.config import PoolConfig
 from trio_mc.proxy.msg import Msg, Piece, local, multiget
 from trio_mc.proxy.pool import VERSION_KEY, Pool, Pools
+from trio_mc.proxy.server import REFUSED
 
 #: Requests of one client forwarded and not yet answered before it stops being read.
 MAX_IN_FLIGHT = 128
@@ -64,9 +65,15 @@ class ClientSession:
     def forward(self, key: bytes, request: list[Piece], kind: int, noreply: bool = False) -> None:
         """Send a request to the server that holds ``key``; its reply keeps its place."""
         msg = Msg(None if noreply else self, request, kind)
-        self.pool.conn_for(key).enqueue(msg)
-        if not noreply:
-            self.omsg_q.append(msg)
+        conn = self.pool.conn_for(key)
+        if conn is not None:
+            conn.enqueue(msg)
+        if noreply:
+            return
+        self.omsg_q.append(msg)
+        if conn is None:  # every server ejected
+            msg.fail(REFUSED)
+            self.wake()
 
     def forward_multiget(self, keys: list[bytes], with_cas: bool, exptime: int | None) -> None:
         """One fragment per server, in key order; merged as twemproxy merges them."""
@@ -75,7 +82,10 @@ class ClientSession:
         frag_keys: list[list[bytes]] = []
         key_frags: list[int] = []
         for key in keys:
-            server = pool.continuum.server_for(key)
+            server = pool.index_for(key)
+            if server is None:  # every server ejected
+                self.forward(key, [], RETRIEVAL)
+                return
             index = by_server.get(server)
             if index is None:
                 index = by_server[server] = len(frag_keys)
@@ -105,7 +115,10 @@ class ClientSession:
         queue = self.omsg_q
         out = self.out
         while queue and queue[0].done:
-            reply = queue.popleft().render()
+            msg = queue.popleft()
+            if msg.failed:
+                self.pool.stats.forward_error += 1
+            reply = msg.render()
             out.append(reply)
             self.out_bytes += len(reply)
         if out and not self.flushing:

@@ -42,7 +42,7 @@ class Msg:
     """
 
     __slots__ = ("owner", "request", "kind", "done", "reply", "error", "parent", "frags",
-                 "nfrag_done", "key_frags", "response")
+                 "nfrag_done", "key_frags", "response", "deadline")
 
     def __init__(self, owner: Owner | None, request: list[Piece], kind: int) -> None:
         self.owner = owner  # None: noreply, nobody waits for the response
@@ -56,6 +56,7 @@ class Msg:
         self.nfrag_done = 0
         self.key_frags: list[int] = []  # for a multi-get: the fragment of each key, in order
         self.response: Response | None = None  # a fragment's response, kept for the merge
+        self.deadline = 0.0  # with a pool timeout: when the reply must have arrived
 
     def complete(self, response: Response) -> Owner | None:
         """The backend answered; returns the owner to wake (``None``: nothing to do yet)."""
@@ -84,6 +85,13 @@ class Msg:
             return None
         self.done = True
         return self.owner
+
+    @property
+    def failed(self) -> bool:
+        """Whether the reply is one the proxy makes up (``SERVER_ERROR``)."""
+        if self.frags is not None:
+            return any(frag.error is not None for frag in self.frags)
+        return self.error is not None
 
     def render(self) -> Piece:
         """The bytes a done msg answers its client."""

@@ -1,39 +1,125 @@
-"""A server pool in one worker loop: its backends and the key-to-server map.
+"""A server pool in one worker loop: its backends, the key-to-server map and ejection.
 
 Backend connections belong to the loop that uses them (a Trio socket cannot cross loops),
 so each worker builds its own :class:`Pool` per configured pool, the first time one of its
 clients needs it; every worker computes the same placement from the same config.
+
+Ejection is twemproxy's: with ``auto_eject_hosts``, a server whose connections fail
+``server_failure_limit`` times in a row (a reply resets the count) leaves the continuum
+for ``server_retry_timeout`` ms, so its keys go to the other servers; after that the next
+request puts it back blindly.  With trio-mc's ``server_probe``, it is put back only once
+it answers ``version`` (probed in the background), instead of taking live traffic to find
+out.  Time is the loop's Trio clock, so tests drive it with ``MockClock``.
 """
 
 from __future__ import annotations
 
+import time
+
 import trio
 
+from trio_mc.protocol.requests import VERSION
 from trio_mc.proxy.config import PoolConfig
-from trio_mc.proxy.distribution import Continuum
-from trio_mc.proxy.server import Server, ServerConn
+from trio_mc.proxy.distribution import Continuum, NoLiveServers
+from trio_mc.proxy.server import Server, ServerConn, connect
+from trio_mc.proxy.stats import PoolStats
 
 #: twemproxy forwards ``version`` to the server that holds this key.
 VERSION_KEY = b"placeholder"
+#: How long a health probe waits for ``VERSION`` when the pool has no timeout.
+PROBE_TIMEOUT = 1.0
 
 
 class Pool:
-    """twemproxy's ``server_pool``: backends in config order and their continuum."""
+    """twemproxy's ``server_pool``: backends in config order, their continuum, ejections."""
 
-    __slots__ = ("config", "servers", "continuum")
+    __slots__ = ("config", "servers", "continuum", "stats", "nursery", "ejected", "_probing")
 
     def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
         self.config = config
-        self.servers = [Server(server, nursery, config.server_connections) for server in config.servers]
+        timeout = config.timeout / 1000 if config.timeout is not None else None
+        self.servers = [Server(server, nursery, config.server_connections, timeout, self)
+                        for server in config.servers]
         self.continuum = Continuum(config.servers, hash=config.hash, distribution=config.distribution,
                                    hash_tag=config.hash_tag)
+        self.stats = PoolStats()
+        self.nursery = nursery
+        self.ejected: set[Server] = set()
+        self._probing: set[Server] = set()
 
-    def server_for(self, key: bytes) -> Server:
-        return self.servers[self.continuum.server_for(key)]
+    def index_for(self, key: bytes) -> int | None:
+        """The index of the server that holds ``key``; ``None`` while every server is
+        ejected (the request fails at once, as in twemproxy)."""
+        if self.ejected:
+            self._retry_due()
+        try:
+            return self.continuum.server_for(key)
+        except NoLiveServers:
+            return None
 
-    def conn_for(self, key: bytes) -> ServerConn:
-        """The connection a request for ``key`` is queued on."""
-        return self.servers[self.continuum.server_for(key)].conn()
+    def conn_for(self, key: bytes) -> ServerConn | None:
+        """The connection a request for ``key`` is queued on (``None``: see index_for)."""
+        index = self.index_for(key)
+        return None if index is None else self.servers[index].conn()
+
+    # -- health (the Health protocol of .server) -----------------------------------------
+
+    def server_ok(self, server: Server) -> None:
+        server.failures = 0
+
+    def server_failed(self, server: Server) -> None:
+        config = self.config
+        if not config.auto_eject_hosts or server in self.ejected:
+            return
+        server.failures += 1
+        if server.failures < config.server_failure_limit:
+            return
+        server.failures = 0
+        server.next_retry = trio.current_time() + config.server_retry_timeout / 1000
+        server.stats.server_ejected_at = time.time_ns() // 1000
+        self.stats.server_ejects += 1
+        self.ejected.add(server)
+        self._rebuild()
+
+    def _retry_due(self) -> None:
+        """Servers whose retry time has come rejoin (or, with ``server_probe``, are
+        probed first)."""
+        now = trio.current_time()
+        due = [s for s in self.ejected if s.next_retry <= now and s not in self._probing]
+        if not due:
+            return
+        if self.config.server_probe:
+            for server in due:
+                self._probing.add(server)
+                self.nursery.start_soon(self._probe, server)
+            return
+        self.ejected.difference_update(due)
+        self._rebuild()
+
+    async def _probe(self, server: Server) -> None:
+        """``version`` on a fresh connection: rejoin on an answer, else wait again."""
+        timeout = server.timeout if server.timeout is not None else PROBE_TIMEOUT
+        answered = False
+        try:
+            with trio.move_on_after(timeout):
+                transport = await connect(server.config)
+                try:
+                    await transport.send(VERSION)
+                    answered = (await transport.receive()).startswith(b"VERSION ")
+                finally:
+                    await transport.aclose()
+        except OSError:
+            pass
+        finally:
+            self._probing.discard(server)
+        if answered:
+            self.ejected.discard(server)
+            self._rebuild()
+        else:
+            server.next_retry = trio.current_time() + self.config.server_retry_timeout / 1000
+
+    def _rebuild(self) -> None:
+        self.continuum.rebuild(i for i, s in enumerate(self.servers) if s not in self.ejected)
 
 
 class Pools:

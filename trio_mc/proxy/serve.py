@@ -67,6 +67,10 @@ class ProxyState:
         session = conn.session
         if isinstance(session, ClientSession):
             session.close()  # replies still in flight are dropped as they arrive
+            if conn.close_reason == b"error":
+                session.pool.stats.client_err += 1
+            else:
+                session.pool.stats.client_eof += 1
 
     def new_group(self) -> ConnGroup:
         counters = ProxyCounters()

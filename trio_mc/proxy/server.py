@@ -9,9 +9,11 @@ connection); its receiver reads replies, pairs each with the head of ``omsg_q`` 
 the clients whose head request is now done, so a reply goes out to its client from the
 receiving task itself, without another task hop.
 
-Any error on a server connection (refused, reset, closed, a reply that cannot be framed)
-closes it and fails every request queued on it with the error's text, as twemproxy does;
-the next request opens a new connection.
+Any error on a server connection (refused, reset, closed, a reply that cannot be framed,
+a request not answered within the pool's ``timeout``) closes it and fails every request
+queued on it with the error's text, as twemproxy does; the next request opens a new
+connection.  Each such close is a failure of the server; with ``auto_eject_hosts`` the
+pool ejects a server after ``server_failure_limit`` failures in a row (see :mod:`.pool`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import errno
 import os
 import socket
 from collections import deque
+from typing import Protocol
 
 import trio
 
@@ -27,11 +30,15 @@ from trio_mc.net.transport import SocketTransport
 from trio_mc.protocol.responses import BadResponse, ResponseReader
 from trio_mc.proxy.config import ServerConfig
 from trio_mc.proxy.msg import Msg, Owner
+from trio_mc.proxy.stats import ServerStats
 
 #: twemproxy's text for a connection closed without an errno (``strerror(0)``).
 UNKNOWN = b"unknown"
 #: A reply nobody asked for, or one that cannot be framed (twemproxy: EINVAL).
 INVALID = os.strerror(errno.EINVAL).encode()
+TIMED_OUT = os.strerror(errno.ETIMEDOUT).encode()
+#: What a request gets while every server of its pool is ejected (twemproxy's text).
+REFUSED = os.strerror(errno.ECONNREFUSED).encode()
 
 
 def error_text(exc: OSError) -> bytes:
@@ -40,11 +47,20 @@ def error_text(exc: OSError) -> bytes:
 
 
 class _Closed(Exception):
-    """The server connection ends with this error text."""
+    """The server connection ends with this error text (``eof``: the backend closed)."""
 
-    def __init__(self, text: bytes) -> None:
+    def __init__(self, text: bytes, eof: bool = False) -> None:
         super().__init__(text)
         self.text = text
+        self.eof = eof
+
+
+class Health(Protocol):
+    """Who hears of a server's failures and successes (its pool: ejection)."""
+
+    def server_failed(self, server: Server) -> None: ...
+
+    def server_ok(self, server: Server) -> None: ...
 
 
 async def connect(config: ServerConfig) -> SocketTransport:
@@ -69,7 +85,7 @@ async def connect(config: ServerConfig) -> SocketTransport:
 class ServerConn:
     """One connection to a backend, run by one task in its worker's loop."""
 
-    __slots__ = ("server", "imsg_q", "omsg_q", "reader", "closed", "_wake")
+    __slots__ = ("server", "imsg_q", "omsg_q", "reader", "closed", "_wake", "_timed")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -78,31 +94,64 @@ class ServerConn:
         self.reader = ResponseReader()
         self.closed = False
         self._wake = trio.Event()
+        self._timed = trio.Event()  # set when the first timed request is queued
 
     def enqueue(self, msg: Msg) -> None:
-        """Queue a request for the sender (twemproxy's ``req_server_enqueue_imsgq``)."""
+        """Queue a request for the sender (twemproxy's ``req_server_enqueue_imsgq``); its
+        timeout, if the pool has one, runs from now."""
+        stats = self.server.stats
+        stats.requests += 1
+        stats.request_bytes += sum(map(len, msg.request))
+        timeout = self.server.timeout
+        if timeout is not None and (msg.owner is not None or msg.parent is not None):
+            msg.deadline = trio.current_time() + timeout
+            self._timed.set()
         self.imsg_q.append(msg)
         self._wake.set()
 
     async def run(self) -> None:
         """Connect, then send and receive until an error closes the connection."""
         error = UNKNOWN
+        server = self.server
         transport: SocketTransport | None = None
         try:
-            transport = await connect(self.server.config)
+            transport = await connect(server.config)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._send_loop, transport)
+                if server.timeout is not None:
+                    nursery.start_soon(self._watch_deadlines)
                 await self._receive_loop(transport)
         except _Closed as exc:
             error = exc.text
+            if exc.eof:
+                server.stats.server_eof += 1
+            elif exc.text is TIMED_OUT:
+                server.stats.server_timedout += 1
+            else:
+                server.stats.server_err += 1
         except OSError as exc:
             error = error_text(exc)
+            server.stats.server_err += 1
         finally:
             self.closed = True
-            self.server.conn_closed(self)
+            server.conn_closed(self)
             _wake_all(self._fail_all(error))
             if transport is not None:
                 await transport.aclose()
+
+    async def _watch_deadlines(self) -> None:
+        """twemproxy's timeout: the oldest request not answered in time closes the whole
+        connection (every request behind it fails too)."""
+        await self._timed.wait()
+        while True:
+            head = self.omsg_q[0] if self.omsg_q else (self.imsg_q[0] if self.imsg_q else None)
+            if head is None:
+                self._timed = trio.Event()
+                await self._timed.wait()
+                continue
+            await trio.sleep_until(head.deadline)
+            if (self.omsg_q and self.omsg_q[0] is head) or (self.imsg_q and self.imsg_q[0] is head):
+                raise _Closed(TIMED_OUT)
 
     async def _send_loop(self, transport: SocketTransport) -> None:
         reader = self.reader
@@ -127,15 +176,21 @@ class ServerConn:
         while True:
             data = await transport.receive()
             if not data:
-                raise _Closed(UNKNOWN)
+                raise _Closed(UNKNOWN, eof=True)
             woken: set[Owner] = set()
-            for response in reader.feed(data):
+            responses = reader.feed(data)
+            for response in responses:
                 if response.__class__ is BadResponse:
                     _wake_all(woken)
                     raise _Closed(INVALID)
                 owner = omsg_q.popleft().complete(response)  # type: ignore[arg-type]
                 if owner is not None:
                     woken.add(owner)
+            if responses:
+                stats = self.server.stats
+                stats.responses += len(responses)
+                stats.response_bytes += len(data)
+                self.server.health.server_ok(self.server)
             _wake_all(woken)
 
     def _fail_all(self, error: bytes) -> set[Owner]:
@@ -155,15 +210,23 @@ def _wake_all(owners: set[Owner]) -> None:
 
 
 class Server:
-    """One backend of a pool, in one worker loop: its connections, opened on demand."""
+    """One backend of a pool, in one worker loop: its connections, opened on demand, its
+    counters and its health (failures in a row, when it may rejoin after an ejection)."""
 
-    __slots__ = ("config", "nursery", "max_conns", "conns", "_next")
+    __slots__ = ("config", "nursery", "max_conns", "timeout", "health", "conns", "stats",
+                 "failures", "next_retry", "_next")
 
-    def __init__(self, config: ServerConfig, nursery: trio.Nursery, max_conns: int) -> None:
+    def __init__(self, config: ServerConfig, nursery: trio.Nursery, max_conns: int,
+                 timeout: float | None, health: Health) -> None:
         self.config = config
         self.nursery = nursery
         self.max_conns = max_conns
+        self.timeout = timeout  # seconds; None waits forever
+        self.health = health
         self.conns: list[ServerConn] = []
+        self.stats = ServerStats()
+        self.failures = 0  # connection failures since the last reply
+        self.next_retry = 0.0  # while ejected: when it may rejoin (the loop's clock)
         self._next = 0
 
     def conn(self) -> ServerConn:
@@ -179,5 +242,7 @@ class Server:
         return conns[self._next]
 
     def conn_closed(self, conn: ServerConn) -> None:
+        """A connection ended on an error: one failure of this server."""
         if conn in self.conns:
             self.conns.remove(conn)
+        self.health.server_failed(self)
