@@ -167,7 +167,7 @@ def test_stats_counters(store: Store) -> None:
     store.store(SET, b"a", 0, 0, b"1\r\n")
     store.get([b"a", b"b"])
     store.delete(b"b")
-    assert store.stats.get_cmds == 2 and store.stats.get_misses == 1
+    assert store.get_cmds == 2 and store.stats.get_misses == 1
     assert sum(c.get_hits for c in store.class_stats) == 1
     assert store.stats.delete_misses == 1
     assert store.curr_items == 1 and store.stats.total_items == 1
@@ -213,7 +213,7 @@ def test_get_one_returns_the_reply_tail_after_value_key(store: Store) -> None:
     assert store.get_one(b"k") == b" 5 3\r\nabc\r\n"  # FETCHED, then ACTIVE: the fast path
     assert store.get_one(b"k") == b" 5 3\r\nabc\r\n"
     assert store.get_one(b"nope") is None
-    assert (store.stats.get_cmds, store.stats.get_misses) == (4, 1)
+    assert (store.get_cmds, store.stats.get_misses) == (4, 1)
     assert sum(c.get_hits for c in store.class_stats) == 3
 
 
@@ -233,7 +233,7 @@ def test_get_multi_in_request_order_with_the_stats_and_bumps_of_get(store: Store
     assert store.get_multi([b"b", b"missing", b"a", b"b"]) == [
         (b"b", b" 22 2\r\nyy\r\n"), (b"a", b" 1 1\r\nx\r\n"), (b"b", b" 22 2\r\nyy\r\n"),
     ]
-    assert (store.stats.get_cmds, store.stats.get_misses) == (4, 1)
+    assert (store.get_cmds, store.stats.get_misses) == (4, 1)
     info = store.debug(b"a")
     assert info is not None and info[3]  # fetched, as after get
     clock.advance(100)

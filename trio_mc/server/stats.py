@@ -71,7 +71,7 @@ def general(state: ServerState) -> _Stats:
         ("read_buf_bytes_free", 49152),
         ("read_buf_oom", 0),
         ("reserved_fds", RESERVED_FDS),
-        ("cmd_get", st.get_cmds),
+        ("cmd_get", store.get_cmds),
         ("cmd_set", total("cmd_set")),
         ("cmd_flush", t.cmd_flush),
         ("cmd_touch", st.touch_cmds),

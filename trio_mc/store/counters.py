@@ -46,7 +46,6 @@ class ClassStats:
 class StoreStats:
     """Store-wide counters (memcached's global and thread stats that the store decides)."""
 
-    get_cmds: int = 0
     get_misses: int = 0
     get_expired: int = 0
     get_flushed: int = 0

@@ -26,13 +26,12 @@ import struct
 HEADER = struct.Struct("<IIIQB")
 HEADER_SIZE = HEADER.size
 unpack_header = HEADER.unpack_from
-pack_header = HEADER.pack
 IFLAGS_AT = HEADER_SIZE - 1  # the item flags byte
 CLSID_AT = HEADER_SIZE  # the slab class byte
 SUFFIX_LENGTH_AT = HEADER_SIZE + 1  # the suffix length byte
 TAIL_AT = HEADER_SIZE + 2  # the suffix, then the value
-#: Header, slab class and suffix length, packed in one call when a record is built.
-pack_record = struct.Struct("<IIIQBBB").pack
+_pack_header = HEADER.pack
+_pack_record = struct.Struct("<IIIQBBB").pack
 
 # Item flags, named after memcached's ITEM_* bits.
 FETCHED = 0x01  # read at least once since it was stored
@@ -40,6 +39,11 @@ ACTIVE = 0x02  # read again after that: kept (moved to WARM) rather than evicted
 STALE = 0x04  # marked stale by a meta invalidation
 TOKEN_SENT = 0x08  # a meta client already won the right to recache it
 KEY_BINARY = 0x10  # stored through the meta protocol with a base64 (binary) key
+#: Derived, not memcached's: the exptime is 0.  Kept by every header write, so the hit
+#: path reads one byte (``record[IFLAGS_AT] & HOT_HIT == HOT_HIT``) instead of unpacking.
+NO_EXPIRY = 0x80
+#: A read that needs no bookkeeping beyond the counters: read before (ACTIVE), never expires.
+HOT_HIT = ACTIVE | NO_EXPIRY
 
 # Which LRU segment of its class the item sits in (two bits), memcached's HOT/WARM/COLD/TEMP.
 SEG_SHIFT = 5
@@ -48,6 +52,18 @@ COLD, HOT, WARM, TEMP = 0, 1, 2, 3  # COLD is 0: flat mode never rewrites the bi
 #: The segment of an item by its item flags (``SEGMENT[iflags]``): a table, as cheap as the
 #: bit arithmetic it stands for on the hit path.
 SEGMENT = bytes((f & SEG_MASK) >> SEG_SHIFT for f in range(256))
+
+
+def pack_header(flags: int, exptime: int, time: int, cas: int, iflags: int) -> bytes:
+    """The header of a record (its item flags' NO_EXPIRY bit follows ``exptime``)."""
+    return _pack_header(flags, exptime, time, cas, (iflags & ~NO_EXPIRY) | (0 if exptime else NO_EXPIRY))
+
+
+def pack_record(flags: int, exptime: int, time: int, cas: int, iflags: int, clsid: int,
+                suffix_length: int) -> bytes:
+    """Header, slab class and suffix length, packed in one call when a record is built."""
+    return _pack_record(flags, exptime, time, cas, (iflags & ~NO_EXPIRY) | (0 if exptime else NO_EXPIRY),
+                        clsid, suffix_length)
 
 
 def with_segment(iflags: int, seg: int) -> int:

@@ -28,6 +28,8 @@ from trio_mc.store.items import (
     ACTIVE,
     CLSID_AT,
     HEADER_SIZE,
+    HOT_HIT,
+    IFLAGS_AT,
     KEY_BINARY,
     SEG_MASK,
     SEGMENT,
@@ -86,13 +88,10 @@ class Store(Meta):
         with self.lock:
             record = self._items.get(key)
             if record is None:
-                stats = self.stats
-                stats.get_cmds += 1
-                stats.get_misses += 1
+                self.stats.get_misses += 1
                 return None
-            _, exptime, _, _, iflags = unpack_header(record)
-            if iflags & ACTIVE and not (exptime or self._oldest_live) and self.lru_segmented:
-                self.stats.get_cmds += 1
+            iflags = record[IFLAGS_AT]
+            if iflags & HOT_HIT == HOT_HIT and not self._oldest_live and self.lru_segmented:
                 cls = self.class_stats[record[CLSID_AT]]
                 cls.get_hits += 1
                 cls.hits_to[SEGMENT[iflags]] += 1
@@ -143,8 +142,15 @@ class Store(Meta):
             class_stats = self.class_stats
             hot_unchanged = ACTIVE if self.lru_segmented else -1  # iflags test: nothing to bump
             stats = self.stats
+            hot = not self._oldest_live and self.lru_segmented and not touch
             for key in keys:
                 record = items_get(key)
+                if hot and record is not None and record[IFLAGS_AT] & HOT_HIT == HOT_HIT:
+                    cls = class_stats[record[CLSID_AT]]  # nothing to check or bump: count it
+                    cls.get_hits += 1
+                    cls.hits_to[SEGMENT[record[IFLAGS_AT]]] += 1
+                    hits.append((key, record))
+                    continue
                 if record is not None:
                     flags, old_exptime, time, cas, iflags = unpack_header(record)
                     if (old_exptime or self._oldest_live) and self._is_dead(old_exptime, time, cas, now):
@@ -159,7 +165,6 @@ class Store(Meta):
                     stats.touch_cmds += 1
                     cls.touch_hits += 1
                 else:
-                    stats.get_cmds += 1
                     cls.get_hits += 1
                 if touch or iflags & hot_unchanged != hot_unchanged:
                     new_iflags, new_time = self._bumped(iflags, time, now)

@@ -173,7 +173,6 @@ class Table:
             else:
                 cls.touch_hits += 1
         else:
-            stats.get_cmds += 1
             if cls is None:
                 stats.get_misses += 1
             else:
@@ -259,6 +258,12 @@ class Table:
     @property
     def curr_items(self) -> int:
         return len(self._items)
+
+    @property
+    def get_cmds(self) -> int:
+        """memcached's ``cmd_get``: every key a get asked for, hit or miss (derived, so
+        the hit path counts once)."""
+        return self.stats.get_misses + sum(cls.get_hits for cls in self.class_stats)
 
     if TYPE_CHECKING:  # provided by the later layers
         def _account(self, key: bytes, record: bytes, sign: int) -> int: ...
