@@ -13,8 +13,10 @@ reports trio-mc / floor for every workload.  Standard library + trio only.
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import socket
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -33,7 +35,7 @@ async def send_all(sock: socket.socket, data: bytes) -> None:
             await trio.lowlevel.wait_writable(sock)
 
 
-async def serve_conn(sock: socket.socket, value_block: bytes) -> None:
+async def serve_conn(sock: socket.socket, *, value_block: bytes) -> None:
     """One connection: read, answer every complete line of the read, one send."""
     pending = b""  # the unfinished line at the end of the previous read
     swallow = 0  # bytes of a data block (with its \r\n) still to discard
@@ -85,9 +87,13 @@ async def serve_conn(sock: socket.socket, value_block: bytes) -> None:
         sock.close()
 
 
-async def serve(host: str, port: int, value_size: int) -> None:
-    """Accept until SIGTERM/SIGINT, then cancel every connection and return."""
-    value_block = b" 0 %d\r\n%b\r\n" % (value_size, b"v" * value_size)
+async def accept_forever(host: str, port: int,
+                         handler: Callable[[socket.socket], Awaitable[None]]) -> None:
+    """Accept until SIGTERM/SIGINT (one handler task per connection), then cancel all.
+
+    The connection reaches handler as a non-blocking stdlib socket with TCP_NODELAY, as
+    trio-mc's transports use it; bench/forward.py shares this loop.
+    """
     listener = trio.socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     await listener.bind((host, port))
@@ -104,7 +110,7 @@ async def serve(host: str, port: int, value_size: int) -> None:
                 sock = socket.socket(fileno=tsock.detach())
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                nursery.start_soon(serve_conn, sock, value_block)
+                nursery.start_soon(handler, sock)
 
 
 def main() -> None:
@@ -114,7 +120,9 @@ def main() -> None:
     p.add_argument("-s", "--value-size", type=int, default=100,
                    help="bytes of the value every get key is answered with (100)")
     args = p.parse_args()
-    trio.run(serve, args.listen, args.port, args.value_size)
+    value_block = b" 0 %d\r\n%b\r\n" % (args.value_size, b"v" * args.value_size)
+    trio.run(accept_forever, args.listen, args.port,
+             functools.partial(serve_conn, value_block=value_block))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,16 @@
 
 Starts one trio-mc server pinned to cpu0 (as bench/run.py does), drives it with
 bench/loadgen on cpu1, one workload after another, and attaches ``py-spy record --format
-raw`` for part of each run.  The raw stacks (``<out>/prof-[floor-]<workload>.txt``) are
-summed into a Markdown report: time per area (parse, store, commands/replies, conn loop,
-Trio, ...), the top functions and lines by self time, and what ``Conn._loop`` spends
+raw`` for part of each run.  The raw stacks (``<out>/prof-[floor-|proxy-]<workload>.txt``)
+are summed into a Markdown report: time per area (parse, store, commands/replies, conn
+loop, Trio, ...), the top functions and lines by self time, and what ``Conn._loop`` spends
 inclusively in each callee.  Samples are turned into µs per request with the generator's
 throughput, so two reports (before/after a change) compare directly.
+
+``--server proxy`` profiles ``trio-mc proxy`` instead, set up as bench/proxy.py runs it
+(proxy on cpu0, memcached and the generator on cpu1), with the proxy's areas (parse,
+msg/routing, hashing, response reader, client and server socket calls, Trio) and the
+server connection's loops next to ``Conn._loop``.
 
 Also summarises existing raw files: ``hotspots.py --summarize FILE[:OPS[:CPU%]] ...``.
 Standard library only (plus the py-spy program).  See bench/README.md.
@@ -25,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import proxy
 from run import (
     CLK_TCK,
     WORKLOAD_BY_NAME,
@@ -37,22 +43,51 @@ from run import (
 from run import parse_args as run_args
 from servers import REPO_DIR, Server, free_port, log
 
-#: "path:function" prefix of the leaf frame -> area, first match wins; the areas the
-#: lead optimises.  A C call (sock.send, bytes.join) counts as the Python line calling it.
-AREAS = (
-    ("trio_mc/protocol/", "parse (protocol/)"),
-    ("trio_mc/numbers.py", "parse (numbers.py)"),
-    ("trio_mc/store/", "store"),
-    ("trio_mc/server/commands.py", "commands + replies"),
-    ("trio_mc/server/conn.py:SocketTransport", "socket recv/send (SocketTransport)"),
-    ("trio_mc/server/conn.py", "conn loop"),
-    ("trio_mc/server/", "server, other"),
-    ("floor.py:send_all", "floor: socket send"),
-    ("floor.py", "floor: recv, split, replies"),
-    ("trio/_core/_io_epoll.py:EpollIOManager.get_events", IDLE := "trio: epoll_wait"),
-    ("trio/", "trio, other"),
+IDLE = "trio: epoll_wait"
+#: (``path:function`` prefix of the leaf frame, a function some frame of the stack must
+#: start with or "", area); first match wins; the areas the lead optimises.  A C call
+#: (sock.send, bytes.join) counts as the Python line calling it.
+Areas = tuple[tuple[str, str, str], ...]
+TRIO_AREAS: Areas = (
+    ("trio/_core/_io_epoll.py:EpollIOManager.get_events", "", IDLE),
+    ("trio/", "", "trio, other"),
 )
-LOOP = "Conn._loop"
+AREAS: Areas = (
+    ("trio_mc/protocol/", "", "parse (protocol/)"),
+    ("trio_mc/numbers.py", "", "parse (numbers.py)"),
+    ("trio_mc/store/", "", "store"),
+    ("trio_mc/server/commands.py", "", "commands + replies"),
+    ("trio_mc/net/transport.py", "", "socket recv/send (SocketTransport)"),
+    ("trio_mc/net/conn.py", "", "conn loop"),
+    ("trio_mc/server/", "", "server, other"),
+    ("floor.py:send_all", "", "floor: socket send"),
+    ("floor.py", "", "floor: recv, split, replies"),
+    *TRIO_AREAS,
+)
+#: The proxy's: a transport call is the client's or the server connection's by its caller
+#: (the receiving task writes replies to clients, so a send under _receive_loop is a
+#: client write).
+PROXY_AREAS: Areas = (
+    ("trio_mc/protocol/responses.py", "", "response reader (protocol/responses.py)"),
+    ("trio_mc/protocol/", "", "parse requests (protocol/)"),
+    ("trio_mc/numbers.py", "", "parse requests (numbers.py)"),
+    ("trio_mc/proxy/hashkit.py", "", "hashing (hashkit, distribution)"),
+    ("trio_mc/proxy/distribution.py", "", "hashing (hashkit, distribution)"),
+    ("trio_mc/net/transport.py:SocketTransport.receive", "ServerConn.",
+     "server recv (SocketTransport)"),
+    ("trio_mc/net/transport.py", "ServerConn._send_loop", "server send (SocketTransport)"),
+    ("trio_mc/net/transport.py:SocketTransport.receive", "", "client recv (SocketTransport)"),
+    ("trio_mc/net/transport.py", "", "client write (SocketTransport)"),
+    ("trio_mc/proxy/client.py:ClientSession.wake", "", "client write (ClientSession.wake)"),
+    ("trio_mc/proxy/client.py:ClientSession._flush", "", "client write (ClientSession.wake)"),
+    ("trio_mc/proxy/server.py", "", "server conn queues (proxy/server.py)"),
+    ("trio_mc/proxy/", "", "msg/routing (proxy/ client, msg, pool)"),
+    ("trio_mc/net/conn.py", "", "client conn loop (net/conn.py)"),
+    ("trio_mc/net/", "", "net, other"),
+    *TRIO_AREAS,
+)
+LOOPS = ("Conn._loop",)
+PROXY_LOOPS = ("Conn._loop", "ServerConn._receive_loop", "ServerConn._send_loop")
 TOP = 25
 
 
@@ -81,16 +116,20 @@ def load(path: Path) -> list[tuple[list[Frame], int]]:
     return stacks
 
 
-def area(frame: Frame) -> str:
-    where = f"{frame.path}:{frame.func}"
-    for prefix, name in AREAS:
-        if where.startswith(prefix):
+def area(frames: list[Frame], areas: Areas = AREAS) -> str:
+    """The area of a stack: by its leaf frame (and for some, by a caller)."""
+    leaf = frames[-1]
+    where = f"{leaf.path}:{leaf.func}"
+    for prefix, caller, name in areas:
+        if where.startswith(prefix) and (
+                not caller or any(f.func.startswith(caller) for f in frames)):
             return name
     return "other (stdlib, threads)"
 
 
 def summarize(path: Path, ops_per_s: float | None, rate: int, seconds: float,
-              cpu_pct: float | None = None) -> str:
+              cpu_pct: float | None = None, areas: Areas = AREAS,
+              loops: tuple[str, ...] = LOOPS) -> str:
     """A Markdown section for one raw profile (cpu_pct: the server's CPU use meanwhile).
 
     py-spy often counts a thread blocked in ``epoll_wait`` as active, so those samples
@@ -100,7 +139,7 @@ def summarize(path: Path, ops_per_s: float | None, rate: int, seconds: float,
     so with cpu_pct the µs/request column spreads the server's measured CPU time per
     request (/proc) over the shares; without it, it is sampled wall time per request.
     """
-    stacks = [(frames, n) for frames, n in load(path) if area(frames[-1]) != IDLE]
+    stacks = [(frames, n) for frames, n in load(path) if area(frames, areas) != IDLE]
     waiting = sum(n for _, n in load(path)) - sum(n for _, n in stacks)
     busy = max(sum(n for _, n in stacks), 1)
     requests = ops_per_s * seconds if ops_per_s else None
@@ -114,25 +153,27 @@ def summarize(path: Path, ops_per_s: float | None, rate: int, seconds: float,
                   f"{f'{n * us_per_sample:.2f}' if us_per_sample else '–'} |"
                   for name, n in counts.most_common(top))]
 
-    areas: Counter[str] = Counter()
+    by_area: Counter[str] = Counter()
     funcs: Counter[str] = Counter()
     lines: Counter[str] = Counter()
-    under_loop: Counter[str] = Counter()  # the loop's direct callees (and its own lines)
-    below_loop: Counter[str] = Counter()  # inclusive, every function the loop calls into
+    # per loop: its direct callees (and its own lines), and inclusive every function below
+    under_loop: dict[str, Counter[str]] = {loop: Counter() for loop in loops}
+    below_loop: dict[str, Counter[str]] = {loop: Counter() for loop in loops}
     for frames, n in stacks:
         leaf = frames[-1]
-        areas[area(leaf)] += n
+        by_area[area(frames, areas)] += n
         funcs[f"`{leaf.func}` ({leaf.path})"] += n
         lines[f"`{leaf.path}:{leaf.line}` ({leaf.func})"] += n
-        depth = next((i for i, f in enumerate(frames) if f.func == LOOP), None)
-        if depth is None:
-            continue
-        below_loop[f"`{LOOP}`"] += n
-        for name in {f"`{f.func}` ({f.path})" for f in frames[depth + 1:]}:
-            below_loop[name] += n
-        callee = frames[depth + 1] if depth + 1 < len(frames) else None
-        under_loop[f"`{callee.func}` ({callee.path})" if callee
-                   else f"self, line {frames[depth].line}"] += n
+        for loop in loops:
+            depth = next((i for i, f in enumerate(frames) if f.func == loop), None)
+            if depth is None:
+                continue
+            below_loop[loop][f"`{loop}`"] += n
+            for name in {f"`{f.func}` ({f.path})" for f in frames[depth + 1:]}:
+                below_loop[loop][name] += n
+            callee = frames[depth + 1] if depth + 1 < len(frames) else None
+            under_loop[loop][f"`{callee.func}` ({callee.path})" if callee
+                             else f"self, line {frames[depth].line}"] += n
     head = (f"{busy + waiting} samples ({rate} Hz, {seconds:g} s: {rate * seconds:.0f} per "
             f"thread), {waiting} of them in `epoll_wait` (left out), {busy} busy")
     if ops_per_s:
@@ -142,11 +183,13 @@ def summarize(path: Path, ops_per_s: float | None, rate: int, seconds: float,
                  "(/proc), the µs column")
     return "\n".join([
         head,
-        *table("By area (leaf frame):", areas, None),
+        *table("By area (leaf frame):", by_area, None),
         *table(f"Top {TOP} functions by self time:", funcs),
         *table(f"Top {TOP} lines by self time:", lines),
-        *table(f"`{LOOP}` by what it calls directly (inclusive):", under_loop, None),
-        *table(f"Top {TOP} functions by inclusive time under `{LOOP}`:", below_loop),
+        *(row for loop in loops for row in [
+            *table(f"`{loop}` by what it calls directly (inclusive):", under_loop[loop], None),
+            *table(f"Top {TOP} functions by inclusive time under `{loop}`:", below_loop[loop]),
+        ]),
     ])
 
 
@@ -201,45 +244,56 @@ def main() -> int:
                    help="py-spy --nonblocking (does not pause the server per sample)")
     p.add_argument("--out", type=Path, default=REPO_DIR / "bench" / "out",
                    help="directory for the raw stacks (bench/out)")
-    p.add_argument("--server", choices=("trio-mc", "floor"), default="trio-mc",
+    p.add_argument("--server", choices=("trio-mc", "floor", "proxy"), default="trio-mc",
                    help="the server to profile (trio-mc); the floor shows what any server "
-                        "on this model pays")
+                        "on this model pays; proxy: trio-mc proxy -T 1 in front of memcached")
     p.add_argument("--server-cmd", default=None, help="trio-mc command, as for run.py")
     p.add_argument("--summarize", nargs="+", metavar="FILE[:OPS_PER_S[:CPU_PCT]]",
                    help="only summarize these raw py-spy files (with the requests/s and "
                         "server CPU %% that were measured meanwhile)")
     opts = p.parse_args()
+    is_proxy = opts.server == "proxy"
+    areas, loops = (PROXY_AREAS, PROXY_LOOPS) if is_proxy else (AREAS, LOOPS)
     if opts.summarize:
         for spec in opts.summarize:
             name, ops, cpu = (spec.split(":") + ["", ""])[:3]
             report = summarize(Path(name), float(ops) if ops else None, opts.rate,
-                               opts.spy_duration, float(cpu) if cpu else None)
+                               opts.spy_duration, float(cpu) if cpu else None, areas, loops)
             print(f"### {name}\n\n{report}\n")
         return 0
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy not found")
     # run.py's setup (pinning, connections, keys), default scheduling: py-spy, on the
     # same two CPUs, gets too few samples of a SCHED_FIFO server
-    opts.run = run_args(["--duration", str(opts.duration), "--warmup", "1",
-                         *(["--server-cmd", opts.server_cmd] if opts.server_cmd else [])])
+    common = ["--duration", str(opts.duration), "--warmup", "1"]
+    opts.run = (proxy.parse_args(common) if is_proxy else
+                run_args([*common, *(["--server-cmd", opts.server_cmd] if opts.server_cmd
+                                     else [])]))
     opts.out.mkdir(parents=True, exist_ok=True)
     workloads = [WORKLOAD_BY_NAME[n] for n in opts.workload or ["a", "b", "bm", "c"]]
     bins = compile_programs()
     port = free_port()
-    srv = Server(f"{opts.server}-profile",
-                 server_cmd(opts.server, port, workloads[0], opts.run, bins), port)
-    measured: dict[Workload, tuple[float, float]] = {}
+    # the proxy's backend: one memcached for all workloads (preloaded by the first)
+    backend = proxy.start_backend(opts.run, "memcached-profile") if is_proxy else None
     try:
-        srv.start(ready_timeout=30)
-        for wl in workloads:
-            measured[wl] = record(wl, opts, bins, port, srv.pid)
+        srv = Server(f"{opts.server}-profile",
+                     proxy.proxy_cmd("trio-mc", port, backend.port, opts.run) if backend
+                     else server_cmd(opts.server, port, workloads[0], opts.run, bins), port)
+        measured: dict[Workload, tuple[float, float]] = {}
+        try:
+            srv.start(ready_timeout=30)
+            for wl in workloads:
+                measured[wl] = record(wl, opts, bins, port, srv.pid)
+        finally:
+            srv.stop()
     finally:
-        srv.stop()
+        if backend:
+            backend.stop()
     print(f"## {opts.server} profile: `{' '.join(sys.argv)}`\n\nServer: `{' '.join(srv.cmd)}`\n")
     for wl in workloads:
         ops_per_s, cpu_pct = measured[wl]
         report = summarize(raw_file(opts, wl), ops_per_s, opts.rate,
-                           opts.spy_duration, cpu_pct)
+                           opts.spy_duration, cpu_pct, areas, loops)
         print(f"### {wl.label}: {wl.title}\n\n{report}\n")
     return 0
 
