@@ -23,6 +23,12 @@ Small API, usable from any test module::
 * ``ask(sock, request, end)`` -- send a request on a blocking socket and read
   until the reply ends with ``end`` (bounded: 10 s).
 * ``rss_kib(pid)`` -- a process's resident set size (``VmRSS``), in KiB.
+* ``start_proxy(make_conf, directory, *extra)`` / ``start_nutcracker(make_conf,
+  directory)`` -- ``trio-mc proxy -c FILE`` and ``nutcracker -c FILE`` on a pool
+  config ``make_conf(port)`` returns (its first pool must listen on
+  127.0.0.1:port); the file is written into ``directory``.
+* ``pool_toml(name, listen, servers, **keys)`` / ``pool_yaml(...)`` -- one pool's
+  text in trio-mc's TOML or nutcracker's YAML (values as Python str/int/bool).
 
 Only 127.0.0.1 is used.  If the process exits before its port accepts
 (e.g. the port was taken in the meantime), start is retried on a new port a
@@ -47,13 +53,18 @@ from typing import IO, Any, Self
 __all__ = [
     "HOST",
     "MEMCACHED",
+    "NUTCRACKER",
     "REPO_ROOT",
     "ServerProcess",
     "ServerStartError",
     "ask",
     "free_port",
+    "pool_toml",
+    "pool_yaml",
     "rss_kib",
     "start_memcached",
+    "start_nutcracker",
+    "start_proxy",
     "start_trio_mc",
     "wait_for_port",
 ]
@@ -61,6 +72,7 @@ __all__ = [
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
+NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
 
 START_TIMEOUT = 10.0  # seconds until the port must accept connections
 STOP_TIMEOUT = 5.0  # seconds to wait after SIGTERM before SIGKILL
@@ -282,3 +294,60 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def _conf_value(value: str | int | bool, toml: bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) or not toml:
+        return str(value)
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def pool_toml(name: str, listen: str, servers: Sequence[str], **keys: str | int | bool) -> str:
+    """One pool as trio-mc's TOML table (``listen``, the other ``keys``, then ``servers``)."""
+    lines = [f"[{name}]", f"listen = {_conf_value(listen, True)}"]
+    lines += [f"{key} = {_conf_value(value, True)}" for key, value in keys.items()]
+    lines.append("servers = [" + ", ".join(_conf_value(s, True) for s in servers) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def pool_yaml(name: str, listen: str, servers: Sequence[str], **keys: str | int | bool) -> str:
+    """The same pool as nutcracker's YAML (a hash_tag is quoted, as it must be)."""
+    lines = [f"{name}:", f"  listen: {listen}"]
+    lines += [f'  {key}: "{value}"' if key == "hash_tag" else f"  {key}: {_conf_value(value, False)}"
+              for key, value in keys.items()]
+    lines.append("  servers:")
+    lines += [f"   - {s}" for s in servers]
+    return "\n".join(lines) + "\n"
+
+
+_CONF_SERIAL = iter(range(1, 1 << 30))
+
+
+def start_proxy(make_conf: Callable[[int], str], directory: str | os.PathLike[str], *extra_args: str,
+                suffix: str = ".toml") -> ServerProcess:
+    """Start ``python -m trio_mc proxy -c FILE <extra_args>`` (ready to use).
+
+    ``make_conf(port)`` is the config text; its first pool listens on 127.0.0.1:port, which
+    is what readiness is checked on.  ``suffix`` ``.yml`` makes it a nutcracker config.
+    """
+    def cmd(port: int) -> list[str]:
+        conf = Path(directory) / f"proxy-{next(_CONF_SERIAL)}{suffix}"
+        conf.write_text(make_conf(port), encoding="utf-8")
+        return [sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), *[str(a) for a in extra_args]]
+    return _start_with_retries(cmd, name="trio_mc_proxy", cwd=REPO_ROOT)
+
+
+def start_nutcracker(make_conf: Callable[[int], str], directory: str | os.PathLike[str]) -> ServerProcess:
+    """Start ``nutcracker -c FILE -s <stats port> -a 127.0.0.1`` on the YAML ``make_conf(port)``.
+
+    Its log goes to stderr (captured in ``output()``); the pid file into ``directory``.
+    """
+    def cmd(port: int) -> list[str]:
+        serial = next(_CONF_SERIAL)
+        conf = Path(directory) / f"nutcracker-{serial}.yml"
+        conf.write_text(make_conf(port), encoding="utf-8")
+        return [NUTCRACKER, "-c", str(conf), "-s", str(free_port()), "-a", HOST,
+                "-p", str(Path(directory) / f"nutcracker-{serial}.pid")]
+    return _start_with_retries(cmd, name="nutcracker")
