@@ -27,6 +27,8 @@ Small API, usable from any test module::
   directory)`` -- ``trio-mc proxy -c FILE`` and ``nutcracker -c FILE`` on a pool
   config ``make_conf(port)`` returns (its first pool must listen on
   127.0.0.1:port); the file is written into ``directory``.
+* ``memcacheds(n, *extra)`` -- a context manager: ``n`` started memcached
+  (``start_memcached``), stopped together (SIGTERM to all, then wait) on exit.
 * ``pool_toml(name, listen, servers, **keys)`` / ``pool_yaml(...)`` -- one pool's
   text in trio-mc's TOML or nutcracker's YAML (values as Python str/int/bool).
 
@@ -46,7 +48,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Self
 
@@ -59,6 +62,7 @@ __all__ = [
     "ServerStartError",
     "ask",
     "free_port",
+    "memcacheds",
     "pool_toml",
     "pool_yaml",
     "rss_kib",
@@ -261,6 +265,21 @@ def start_memcached(*extra_args: str) -> ServerProcess:
             c += ["-u", "root"]
         return c + [str(a) for a in extra_args]
     return _start_with_retries(cmd, name="memcached")
+
+
+@contextmanager
+def memcacheds(n: int, *extra_args: str) -> Iterator[list[ServerProcess]]:
+    """``n`` memcached processes, stopped in parallel (each notices SIGTERM within ~1 s)."""
+    procs: list[ServerProcess] = []
+    try:
+        for _ in range(n):
+            procs.append(start_memcached(*extra_args))
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.close()
 
 
 def start_trio_mc(*extra_args: str) -> ServerProcess:

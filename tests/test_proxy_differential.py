@@ -37,9 +37,9 @@ from procs import (
     HOST,
     ServerProcess,
     free_port,
+    memcacheds,
     pool_toml,
     pool_yaml,
-    start_memcached,
     start_nutcracker,
     start_proxy,
 )
@@ -139,17 +139,9 @@ class Backend:
 @pytest.fixture(scope="module")
 def backends() -> Iterator[tuple[list[Backend], list[Backend]]]:
     """Sets A (nutcracker's) and B (trio-mc's) of three memcached each."""
-    procs: list[ServerProcess] = []
-    try:
-        for _ in range(6):
-            procs.append(start_memcached("-o", "no_lru_crawler,no_lru_maintainer"))
+    with memcacheds(6, "-o", "no_lru_crawler,no_lru_maintainer") as procs:
         both = [Backend(p) for p in procs]
         yield both[:3], both[3:]
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.close()
 
 
 @pytest.fixture(scope="module")
