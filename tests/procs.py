@@ -22,6 +22,8 @@ Small API, usable from any test module::
   ``ServerProcess`` objects listening on 127.0.0.1 on a fresh port.
 * ``ask(sock, request, end)`` -- send a request on a blocking socket and read
   until the reply ends with ``end`` (bounded: 10 s).
+* ``read_quiet(sock, quiet, limit)`` -- read until ``quiet`` seconds pass without
+  a byte (at most ``limit``); returns the bytes and whether the peer closed.
 * ``rss_kib(pid)`` -- a process's resident set size (``VmRSS``), in KiB.
 * ``start_proxy(make_conf, directory, *extra)`` / ``start_nutcracker(make_conf,
   directory)`` -- ``trio-mc proxy -c FILE`` and ``nutcracker -c FILE`` on a pool
@@ -65,6 +67,7 @@ __all__ = [
     "memcacheds",
     "pool_toml",
     "pool_yaml",
+    "read_quiet",
     "rss_kib",
     "start_memcached",
     "start_nutcracker",
@@ -304,6 +307,28 @@ def ask(sock: socket.socket, request: bytes, end: bytes = b"\r\n") -> bytes:
             break
         data += chunk
     return data
+
+
+def read_quiet(sock: socket.socket, quiet: float = 0.2, limit: float = 5.0) -> tuple[bytes, bool]:
+    """Read until ``quiet`` seconds pass without a byte, or ``limit`` overall; also whether
+    the peer closed the connection (EOF or reset)."""
+    data = b""
+    old = sock.gettimeout()
+    sock.settimeout(quiet)
+    deadline = time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data, True
+            data += chunk
+    except TimeoutError:
+        pass
+    except ConnectionResetError:
+        return data, True
+    finally:
+        sock.settimeout(old)
+    return data, False
 
 
 def rss_kib(pid: int) -> int:

@@ -36,6 +36,7 @@ from procs import (
     free_port,
     memcacheds,
     pool_toml,
+    read_quiet,
     rss_kib,
     start_proxy,
 )
@@ -65,24 +66,6 @@ def ask(port: int, request: bytes, end: bytes = b"\r\n", count: int = 1) -> byte
     with connect(port) as sock:
         sock.sendall(request)
         return read_until(sock, end, count)
-
-
-def read_quiet(sock: socket.socket, quiet: float = 0.2) -> tuple[bytes, bool]:
-    """Everything until ``quiet`` seconds pass without a byte; and whether the peer closed."""
-    data = b""
-    sock.settimeout(quiet)
-    deadline = time.monotonic() + IO_TIMEOUT
-    try:
-        while time.monotonic() < deadline:
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                return data, True
-            data += chunk
-    except TimeoutError:
-        pass
-    finally:
-        sock.settimeout(IO_TIMEOUT)
-    return data, False
 
 
 # ------------------------------------------------------------------------------- fixtures

@@ -19,13 +19,19 @@ nutcracker put it on, checked on each backend directly.
 What nutcracker closes a connection on (unsupported commands, malformed numbers, a bad data
 chunk, a bare ``\\n``) is a documented deviation of trio-mc and is tested in test_proxy.py.
 
+:func:`test_misbehaving_backend` puts a backend of our own in the pool that closes, resets or
+never answers each connection, and compares the replies of the two proxies and that both
+stay up.
+
 Run: ``python -m pytest tests/test_proxy_differential.py -q``.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +46,7 @@ from procs import (
     memcacheds,
     pool_toml,
     pool_yaml,
+    read_quiet,
     start_nutcracker,
     start_proxy,
 )
@@ -291,3 +298,89 @@ def test_same_backends_same_placement(servers: list[str], keys: dict[str, str | 
     assert all(held for held in where[0]), "every backend should hold some keys"
     assert where[0] == where[1]
     assert replies[0] == replies[1]
+
+
+# ------------------------------------------------------------- misbehaving backends
+
+class FakeBackend:
+    """A backend of our own that misbehaves: on each connection it reads once, then closes
+    it (``fin``), resets it (``rst``) or holds it without a reply (``hang``)."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.listener = socket.create_server((HOST, 0))
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        deadline = time.monotonic() + 30  # bounded, whatever happens
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(1.0)
+            try:
+                conn.recv(1 << 16)
+            except OSError:
+                pass
+            if self.mode == "hang":
+                self.held.append(conn)
+                continue
+            time.sleep(0.05)  # let more of the pipeline queue up behind the first request
+            if self.mode == "rst":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        for conn in self.held:
+            conn.close()
+        self.listener.close()
+
+
+def _pipeline_reply(port: int, request: bytes) -> tuple[bytes, bool]:
+    """Send ``request`` in one write; read until 0.6 s pass without a byte (at most 4 s)."""
+    with socket.create_connection((HOST, port), timeout=IO_TIMEOUT) as sock:
+        sock.sendall(request)
+        return read_quiet(sock, 0.6, 4.0)
+
+
+@pytest.mark.parametrize("mode", ["fin", "rst", "hang"])
+def test_misbehaving_backend(mode: str, backends: tuple[list[Backend], list[Backend]], tmp_path: Path) -> None:
+    """A backend that closes, resets or never answers (timeout 300 ms): every request queued
+    for it fails with nutcracker's own SERVER_ERROR text, the other server's requests are
+    answered, the client connection and the proxy stay up."""
+    live = backends[0][0]
+    live.flush()
+    bad = FakeBackend(mode)
+    lines = [f"{HOST}:{live.port}:1 live", f"{HOST}:{bad.port}:1 bad"]
+    keys = {"hash": "fnv1a_64", "distribution": "ketama", "timeout": 300}
+    request = b"".join(b"get %s\r\n" % k for k in (b"alpha", b"bravo", b"charlie", b"delta", b"echo",
+                                                    b"foxtrot", b"golf", b"hotel"))
+    results = []
+    try:
+        for start, text in ((start_nutcracker, pool_yaml), (start_proxy, pool_toml)):
+            proc = start(lambda p, text=text: text("bad", f"{HOST}:{p}", lines, **keys), tmp_path)
+            try:
+                reply = _pipeline_reply(proc.port, request)
+                alive = proc.proc is not None and proc.proc.poll() is None
+                try:
+                    after = _pipeline_reply(proc.port, b"version\r\nget alpha bravo\r\n")
+                except OSError as exc:
+                    after = (repr(exc).encode(), True)
+                results.append((reply, alive, after))
+            finally:
+                proc.close()
+    finally:
+        bad.close()
+    (nut_reply, nut_alive, nut_after), (got_reply, got_alive, got_after) = results
+    assert b"SERVER_ERROR" in nut_reply[0] and b"END" in nut_reply[0] and nut_alive
+    assert got_reply == nut_reply, f"nutcracker {nut_reply!r}\n   trio-mc {got_reply!r}"
+    assert got_alive, "trio-mc proxy exited"
+    assert got_after == nut_after, f"nutcracker {nut_after!r}\n   trio-mc {got_after!r}"
