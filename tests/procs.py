@@ -22,7 +22,17 @@ Small API, usable from any test module::
   ``ServerProcess`` objects listening on 127.0.0.1 on a fresh port.
 * ``ask(sock, request, end)`` -- send a request on a blocking socket and read
   until the reply ends with ``end`` (bounded: 10 s).
+* ``read_quiet(sock, quiet, limit)`` -- read until ``quiet`` seconds pass without
+  a byte (at most ``limit``); returns the bytes and whether the peer closed.
 * ``rss_kib(pid)`` -- a process's resident set size (``VmRSS``), in KiB.
+* ``start_proxy(make_conf, directory, *extra)`` / ``start_nutcracker(make_conf,
+  directory)`` -- ``trio-mc proxy -c FILE`` and ``nutcracker -c FILE`` on a pool
+  config ``make_conf(port)`` returns (its first pool must listen on
+  127.0.0.1:port); the file is written into ``directory``.
+* ``memcacheds(n, *extra)`` -- a context manager: ``n`` started memcached
+  (``start_memcached``), stopped together (SIGTERM to all, then wait) on exit.
+* ``pool_toml(name, listen, servers, **keys)`` / ``pool_yaml(...)`` -- one pool's
+  text in trio-mc's TOML or nutcracker's YAML (values as Python str/int/bool).
 
 Only 127.0.0.1 is used.  If the process exits before its port accepts
 (e.g. the port was taken in the meantime), start is retried on a new port a
@@ -40,20 +50,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Self
 
 __all__ = [
     "HOST",
     "MEMCACHED",
+    "NUTCRACKER",
     "REPO_ROOT",
     "ServerProcess",
     "ServerStartError",
     "ask",
     "free_port",
+    "memcacheds",
+    "pool_toml",
+    "pool_yaml",
+    "read_quiet",
     "rss_kib",
     "start_memcached",
+    "start_nutcracker",
+    "start_proxy",
     "start_trio_mc",
     "wait_for_port",
 ]
@@ -61,6 +79,7 @@ __all__ = [
 HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
+NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
 
 START_TIMEOUT = 10.0  # seconds until the port must accept connections
 STOP_TIMEOUT = 5.0  # seconds to wait after SIGTERM before SIGKILL
@@ -251,6 +270,21 @@ def start_memcached(*extra_args: str) -> ServerProcess:
     return _start_with_retries(cmd, name="memcached")
 
 
+@contextmanager
+def memcacheds(n: int, *extra_args: str) -> Iterator[list[ServerProcess]]:
+    """``n`` memcached processes, stopped in parallel (each notices SIGTERM within ~1 s)."""
+    procs: list[ServerProcess] = []
+    try:
+        for _ in range(n):
+            procs.append(start_memcached(*extra_args))
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.close()
+
+
 def start_trio_mc(*extra_args: str) -> ServerProcess:
     """Start ``python -m trio_mc serve -l 127.0.0.1 -p <port> <extra_args>``.
 
@@ -275,6 +309,28 @@ def ask(sock: socket.socket, request: bytes, end: bytes = b"\r\n") -> bytes:
     return data
 
 
+def read_quiet(sock: socket.socket, quiet: float = 0.2, limit: float = 5.0) -> tuple[bytes, bool]:
+    """Read until ``quiet`` seconds pass without a byte, or ``limit`` overall; also whether
+    the peer closed the connection (EOF or reset)."""
+    data = b""
+    old = sock.gettimeout()
+    sock.settimeout(quiet)
+    deadline = time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data, True
+            data += chunk
+    except TimeoutError:
+        pass
+    except ConnectionResetError:
+        return data, True
+    finally:
+        sock.settimeout(old)
+    return data, False
+
+
 def rss_kib(pid: int) -> int:
     """The process's resident set size from ``/proc/<pid>/status`` (``VmRSS``), in KiB."""
     with open(f"/proc/{pid}/status") as f:
@@ -282,3 +338,60 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def _conf_value(value: str | int | bool, toml: bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) or not toml:
+        return str(value)
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def pool_toml(name: str, listen: str, servers: Sequence[str], **keys: str | int | bool) -> str:
+    """One pool as trio-mc's TOML table (``listen``, the other ``keys``, then ``servers``)."""
+    lines = [f"[{name}]", f"listen = {_conf_value(listen, True)}"]
+    lines += [f"{key} = {_conf_value(value, True)}" for key, value in keys.items()]
+    lines.append("servers = [" + ", ".join(_conf_value(s, True) for s in servers) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def pool_yaml(name: str, listen: str, servers: Sequence[str], **keys: str | int | bool) -> str:
+    """The same pool as nutcracker's YAML (a hash_tag is quoted, as it must be)."""
+    lines = [f"{name}:", f"  listen: {listen}"]
+    lines += [f'  {key}: "{value}"' if key == "hash_tag" else f"  {key}: {_conf_value(value, False)}"
+              for key, value in keys.items()]
+    lines.append("  servers:")
+    lines += [f"   - {s}" for s in servers]
+    return "\n".join(lines) + "\n"
+
+
+_CONF_SERIAL = iter(range(1, 1 << 30))
+
+
+def start_proxy(make_conf: Callable[[int], str], directory: str | os.PathLike[str], *extra_args: str,
+                suffix: str = ".toml") -> ServerProcess:
+    """Start ``python -m trio_mc proxy -c FILE <extra_args>`` (ready to use).
+
+    ``make_conf(port)`` is the config text; its first pool listens on 127.0.0.1:port, which
+    is what readiness is checked on.  ``suffix`` ``.yml`` makes it a nutcracker config.
+    """
+    def cmd(port: int) -> list[str]:
+        conf = Path(directory) / f"proxy-{next(_CONF_SERIAL)}{suffix}"
+        conf.write_text(make_conf(port), encoding="utf-8")
+        return [sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), *[str(a) for a in extra_args]]
+    return _start_with_retries(cmd, name="trio_mc_proxy", cwd=REPO_ROOT)
+
+
+def start_nutcracker(make_conf: Callable[[int], str], directory: str | os.PathLike[str]) -> ServerProcess:
+    """Start ``nutcracker -c FILE -s <stats port> -a 127.0.0.1`` on the YAML ``make_conf(port)``.
+
+    Its log goes to stderr (captured in ``output()``); the pid file into ``directory``.
+    """
+    def cmd(port: int) -> list[str]:
+        serial = next(_CONF_SERIAL)
+        conf = Path(directory) / f"nutcracker-{serial}.yml"
+        conf.write_text(make_conf(port), encoding="utf-8")
+        return [NUTCRACKER, "-c", str(conf), "-s", str(free_port()), "-a", HOST,
+                "-p", str(Path(directory) / f"nutcracker-{serial}.pid")]
+    return _start_with_retries(cmd, name="nutcracker")
