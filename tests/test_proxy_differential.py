@@ -383,4 +383,6 @@ def test_misbehaving_backend(mode: str, backends: tuple[list[Backend], list[Back
     assert b"SERVER_ERROR" in nut_reply[0] and b"END" in nut_reply[0] and nut_alive
     assert got_reply == nut_reply, f"nutcracker {nut_reply!r}\n   trio-mc {got_reply!r}"
     assert got_alive, "trio-mc proxy exited"
-    assert got_after == nut_after, f"nutcracker {nut_after!r}\n   trio-mc {got_after!r}"
+    # The same bytes; nutcracker then closes a client whose multi-get had a failed fragment,
+    # trio-mc keeps it open (a documented difference), so only the bytes are compared.
+    assert got_after[0] == nut_after[0], f"nutcracker {nut_after!r}\n   trio-mc {got_after!r}"

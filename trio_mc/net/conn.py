@@ -53,6 +53,9 @@ QUIT = 1
 CLOSE = 2
 #: The client authenticated (``-Y``): what it pipelined behind the attempt is parsed anew.
 AUTHENTICATED = 3
+#: Wait (the owner's ``before_read``) before executing the rest of the batch: the owner
+#: has too much of this connection's work pending (the proxy's in-flight requests).
+PAUSE = 4
 #: After the pending replies are sent, the connection is handed to this coroutine (a
 #: ``watch`` log stream) and closed when it returns.
 Takeover: TypeAlias = Callable[[Transport], Awaitable[None]]
@@ -176,8 +179,8 @@ class Conn:
         self.last_cmd_time = self.clock.tick()
         self.close_reason = b"normal"  # as memcached's watch connevents reports it
         self.scope = trio.CancelScope()
-        #: Awaited before each read: an owner whose replies complete later (the proxy)
-        #: stops reading a client here while too many of its replies are pending.
+        #: Awaited before each read and on a PAUSE effect: an owner whose replies complete
+        #: later (the proxy) holds a client here while too many of its replies are pending.
         self.before_read = before_read
 
     @property
@@ -260,7 +263,14 @@ class Conn:
                 for command in commands:
                     effect = handlers[command.__class__](command, session, out)
                     if effect is not None:
-                        break
+                        if effect != PAUSE or self.before_read is None:
+                            break
+                        effect = None
+                        if out:
+                            await self._flush(out, sum(map(len, out)))
+                            out = []
+                        await self.before_read()
+                        continue
                     if len(out) >= check_at:
                         pending = sum(map(len, out))
                         if pending >= OUTPUT_BOUND:

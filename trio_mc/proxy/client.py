@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from trio_mc.net.conn import CLOSE, Conn, ConnGroup, Effect, Out
+from trio_mc.net.conn import CLOSE, PAUSE, Conn, ConnGroup, Effect, Out
 from trio_mc.net.transport import Transport
 from trio_mc.protocol import commands as cmd
 from trio_mc.protocol import replies
@@ -62,20 +62,22 @@ class ClientSession:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def forward(self, key: bytes, request: list[Piece], kind: int, noreply: bool = False) -> None:
-        """Send a request to the server that holds ``key``; its reply keeps its place."""
+    def forward(self, key: bytes, request: list[Piece], kind: int, noreply: bool = False) -> Effect:
+        """Send a request to the server that holds ``key``; its reply keeps its place.
+        Returns PAUSE once the client has :data:`MAX_IN_FLIGHT` requests unanswered."""
         msg = Msg(None if noreply else self, request, kind)
         conn = self.pool.conn_for(key)
         if conn is not None:
             conn.enqueue(msg)
         if noreply:
-            return
+            return None
         self.omsg_q.append(msg)
         if conn is None:  # every server ejected
             msg.fail(REFUSED)
             self.wake()
+        return PAUSE if len(self.omsg_q) >= MAX_IN_FLIGHT else None
 
-    def forward_multiget(self, keys: list[bytes], with_cas: bool, exptime: int | None) -> None:
+    def forward_multiget(self, keys: list[bytes], with_cas: bool, exptime: int | None) -> Effect:
         """One fragment per server, in key order; merged as twemproxy merges them."""
         pool = self.pool
         by_server: dict[int, int] = {}  # server index -> fragment index
@@ -84,8 +86,7 @@ class ClientSession:
         for key in keys:
             server = pool.index_for(key)
             if server is None:  # every server ejected
-                self.forward(key, [], RETRIEVAL)
-                return
+                return self.forward(key, [], RETRIEVAL)
             index = by_server.get(server)
             if index is None:
                 index = by_server[server] = len(frag_keys)
@@ -93,18 +94,19 @@ class ClientSession:
             frag_keys[index].append(key)
             key_frags.append(index)
         if len(frag_keys) == 1:  # one server: its reply is already the merged one
-            self.forward(keys[0], [rq.retrieval(keys, with_cas, exptime)], RETRIEVAL)
-            return
+            return self.forward(keys[0], [rq.retrieval(keys, with_cas, exptime)], RETRIEVAL)
         frags = [Msg(None, [rq.retrieval(part, with_cas, exptime)], RETRIEVAL) for part in frag_keys]
         parent = multiget(self, frags, key_frags)
         for server, index in by_server.items():
             pool.servers[server].conn().enqueue(frags[index])
         self.omsg_q.append(parent)
+        return PAUSE if len(self.omsg_q) >= MAX_IN_FLIGHT else None
 
-    def answer(self, reply: bytes) -> None:
+    def answer(self, reply: bytes) -> Effect:
         """A reply of the proxy's own, after the replies to earlier requests."""
         self.omsg_q.append(local(self, reply))
         self.wake()
+        return PAUSE if len(self.omsg_q) >= MAX_IN_FLIGHT else None
 
     # -- replies ----------------------------------------------------------------------------
 
@@ -178,50 +180,40 @@ class ClientSession:
 # -- handlers: one per command type, ``handler(command, session, out) -> effect`` ------------
 
 def _get_key(key: cmd.GetKey, s: ClientSession, out: Out) -> Effect:
-    s.forward(key, [b"get " + key + b"\r\n"], RETRIEVAL)
-    return None
+    return s.forward(key, [b"get " + key + b"\r\n"], RETRIEVAL)
 
 
 def _get(c: cmd.Get, s: ClientSession, out: Out) -> Effect:
     if not c.keys:
-        s.answer(replies.END)  # gat with no key: memcached answers END
-    elif len(c.keys) == 1:
-        s.forward(c.keys[0], [rq.retrieval(c.keys, c.with_cas, c.exptime)], RETRIEVAL)
-    else:
-        s.forward_multiget(c.keys, c.with_cas, c.exptime)
-    return None
+        return s.answer(replies.END)  # gat with no key: memcached answers END
+    if len(c.keys) == 1:
+        return s.forward(c.keys[0], [rq.retrieval(c.keys, c.with_cas, c.exptime)], RETRIEVAL)
+    return s.forward_multiget(c.keys, c.with_cas, c.exptime)
 
 
 def _store(c: cmd.Store, s: ClientSession, out: Out) -> Effect:
     line = rq.storage_line(c.mode, c.key, c.flags, c.exptime, len(c.data) - 2, c.cas, c.noreply)
-    s.forward(c.key, [line, c.data], STORAGE, c.noreply)
-    return None
+    return s.forward(c.key, [line, c.data], STORAGE, c.noreply)
 
 
 def _too_large(c: cmd.TooLarge, s: ClientSession, out: Out) -> Effect:
-    if not c.noreply:
-        s.answer(replies.SERVER_ERROR_TOO_LARGE)
-    return None
+    return None if c.noreply else s.answer(replies.SERVER_ERROR_TOO_LARGE)
 
 
 def _arith(c: cmd.Arith, s: ClientSession, out: Out) -> Effect:
-    s.forward(c.key, [rq.arith(c.key, c.incr, c.delta, c.noreply)], ARITH, c.noreply)
-    return None
+    return s.forward(c.key, [rq.arith(c.key, c.incr, c.delta, c.noreply)], ARITH, c.noreply)
 
 
 def _delete(c: cmd.Delete, s: ClientSession, out: Out) -> Effect:
-    s.forward(c.key, [rq.delete(c.key, c.noreply)], DELETE, c.noreply)
-    return None
+    return s.forward(c.key, [rq.delete(c.key, c.noreply)], DELETE, c.noreply)
 
 
 def _touch(c: cmd.Touch, s: ClientSession, out: Out) -> Effect:
-    s.forward(c.key, [rq.touch(c.key, c.exptime, c.noreply)], TOUCH, c.noreply)
-    return None
+    return s.forward(c.key, [rq.touch(c.key, c.exptime, c.noreply)], TOUCH, c.noreply)
 
 
 def _version(c: cmd.Version, s: ClientSession, out: Out) -> Effect:
-    s.forward(VERSION_KEY, [rq.VERSION], VERSION)
-    return None
+    return s.forward(VERSION_KEY, [rq.VERSION], VERSION)
 
 
 def _meta(c: cmd.MetaGet | cmd.MetaSet | cmd.MetaDelete | cmd.MetaArith, s: ClientSession,
@@ -230,31 +222,25 @@ def _meta(c: cmd.MetaGet | cmd.MetaSet | cmd.MetaDelete | cmd.MetaArith, s: Clie
     ``mn``: its reply, if the backend sends one, is whatever comes before the MN."""
     request = rq.write(c)
     if c.quiet:
-        s.forward(c.key, [*request, rq.MN], QUIET)
-    else:
-        s.forward(c.key, request, META)
-    return None
+        return s.forward(c.key, [*request, rq.MN], QUIET)
+    return s.forward(c.key, request, META)
 
 
 def _meta_debug(c: cmd.MetaDebug, s: ClientSession, out: Out) -> Effect:
-    s.forward(c.key, [b"me " + c.key + b"\r\n"], META)
-    return None
+    return s.forward(c.key, [b"me " + c.key + b"\r\n"], META)
 
 
 def _meta_swallow(c: cmd.MetaSwallow, s: ClientSession, out: Out) -> Effect:
-    s.answer(c.reply)
-    return None
+    return s.answer(c.reply)
 
 
 def _reply(c: cmd.Reply, s: ClientSession, out: Out) -> Effect:
-    s.answer(c.data)
-    return None
+    return s.answer(c.data)
 
 
 def _unsupported(c: object, s: ClientSession, out: Out) -> Effect:
     """A command a proxy does not forward (stats, flush_all, watch...): memcached's ERROR."""
-    s.answer(replies.ERROR)
-    return None
+    return s.answer(replies.ERROR)
 
 
 def _quit(c: cmd.Quit, s: ClientSession, out: Out) -> Effect:

@@ -121,17 +121,20 @@ class ServerConn:
                 if server.timeout is not None:
                     nursery.start_soon(self._watch_deadlines)
                 await self._receive_loop(transport)
-        except _Closed as exc:
-            error = exc.text
-            if exc.eof:
-                server.stats.server_eof += 1
-            elif exc.text is TIMED_OUT:
-                server.stats.server_timedout += 1
+        except* (_Closed, OSError) as group:
+            # The first error ends the connection (the nursery groups what its tasks raise).
+            exc = _first(group)
+            if isinstance(exc, _Closed):
+                error = exc.text
+                if exc.eof:
+                    server.stats.server_eof += 1
+                elif exc.text is TIMED_OUT:
+                    server.stats.server_timedout += 1
+                else:
+                    server.stats.server_err += 1
             else:
+                error = error_text(exc)  # type: ignore[arg-type]
                 server.stats.server_err += 1
-        except OSError as exc:
-            error = error_text(exc)
-            server.stats.server_err += 1
         finally:
             self.closed = True
             server.conn_closed(self)
@@ -202,6 +205,14 @@ class ServerConn:
                 if owner is not None:
                     woken.add(owner)
         return woken
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of a (nested) exception group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _wake_all(owners: set[Owner]) -> None:
