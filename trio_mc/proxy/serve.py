@@ -127,6 +127,7 @@ class ProxyState:
     total_connections: int = 0
     groups: list[ConnGroup] = field(default_factory=list)  # every loop's connections
     listeners: int = 0  # listening sockets of the pools
+    addresses: list[object] = field(default_factory=list)  # their getsockname(), pool order
     stats_address: tuple[str, int] | None = None  # where the stats listener is bound
     exit_signal: int | None = None  # the signal that stopped the proxy
 
@@ -194,6 +195,7 @@ async def proxy(pools: Sequence[PoolConfig], *, threads: int = 1, verbose: int =
                 socks.append(sock)
                 listeners.append(endpoint_for(sock, functools.partial(open_client, config)))
         state.listeners = len(socks)
+        state.addresses = [sock.getsockname() for sock in socks]
         acceptor = Acceptor(threads, state.new_group, verbose=bool(verbose))
         state.groups = acceptor.groups
         async with trio.open_nursery() as nursery:
