@@ -9,18 +9,23 @@ trio-mc with real memcached backends (killed or stopped) and compare what client
 
 from __future__ import annotations
 
+import shutil
+import signal
 import socket
 import struct
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-from procs import free_port
+from procs import REPO_ROOT, ServerProcess, ask, free_port, start_memcached
 
-from trio_mc.proxy.config import ListenConfig, PoolConfig, parse_server
+from trio_mc.proxy.config import ListenConfig, PoolConfig, load, parse_server
 from trio_mc.proxy.distribution import Continuum
 from trio_mc.proxy.serve import ProxyState, proxy
 from trio_mc.proxy.stats_server import aggregate
@@ -363,3 +368,78 @@ async def test_client_leaving_mid_multiget_keeps_servers_in_sync(autojump_clock:
         await other.send_all(b"get " + keys[2] + b"\r\n")
         assert await read_reply(other) == b"END\r\n"
         assert px.stats()[0]["forward_error"] == 0
+
+
+# -- differential: real nutcracker and trio-mc over real memcached --------------------------
+
+NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
+
+
+def _ask(sock: socket.socket, request: bytes, end: bytes = b"\r\n") -> bytes:
+    """``ask``, with a connection error as the reply (the proxy may have died)."""
+    try:
+        return ask(sock, request, end)
+    except OSError as exc:
+        return f"<{exc.strerror}>".encode()
+
+
+def _failure_transcript(tmp_path: Path, proxy_cmd: Callable[[Path, int], list[str]]) -> list[bytes]:
+    """A backend paused (SIGSTOP) past the timeout, resumed, then killed; a second pool
+    ejects its killed server and remaps.  Returns every reply, in order."""
+    replies: list[bytes] = []
+    with start_memcached() as mc, start_memcached() as mc_a, start_memcached() as mc_b:
+        listen, eject_listen = free_port(), free_port()
+        conf = tmp_path / f"pools-{listen}.yml"
+        conf.write_text(f"""\
+timed:
+  listen: 127.0.0.1:{listen}
+  timeout: 300
+  servers:
+   - 127.0.0.1:{mc.port}:1 only
+ejecting:
+  listen: 127.0.0.1:{eject_listen}
+  timeout: 300
+  auto_eject_hosts: true
+  server_failure_limit: 1
+  server_retry_timeout: 60000
+  servers:
+   - 127.0.0.1:{mc_a.port}:1 a
+   - 127.0.0.1:{mc_b.port}:1 b
+""")
+        with ServerProcess(proxy_cmd(conf, free_port()), listen, cwd=REPO_ROOT) as px:
+            with socket.create_connection(("127.0.0.1", listen), timeout=10) as sock:
+                replies.append(_ask(sock, b"set k 0 0 1\r\nv\r\n"))
+                assert mc.proc is not None and px.proc is not None
+                mc.proc.send_signal(signal.SIGSTOP)
+                replies.append(_ask(sock, b"get k\r\nget j\r\n", b"out\r\nSERVER_ERROR Connection timed out\r\n"))
+                mc.proc.send_signal(signal.SIGCONT)
+                replies.append(_ask(sock, b"get k\r\n", b"END\r\n"))
+                mc.stop()
+                time.sleep(0.2)  # the proxy sees its idle connection's EOF
+                replies.append(_ask(sock, b"get k\r\n"))
+            time.sleep(0.2)
+            if px.proc.poll() is not None:  # the proxy died: the transcript says how
+                return [*replies, f"exited {px.proc.returncode}: {px.output()[-300:]}".encode()]
+            pool = next(p for p in load(conf) if p.name == "ejecting")
+            continuum = Continuum(pool.servers, hash=pool.hash, distribution=pool.distribution)
+            key = next(k for k in (b"key:%d" % i for i in range(400)) if continuum.server_for(k) == 1)
+            with socket.create_connection(("127.0.0.1", eject_listen), timeout=10) as sock:
+                replies.append(_ask(sock, b"get " + key + b"\r\n", b"END\r\n"))
+                mc_b.stop()
+                time.sleep(0.2)
+                # The idle connection's EOF was failure 1 = the limit: b is out, k remaps to a.
+                replies.append(_ask(sock, b"get " + key + b"\r\n", b"\r\n"))
+            if px.proc.poll() is not None:
+                replies.append(f"exited {px.proc.returncode}: {px.output()[-300:]}".encode())
+    return replies
+
+
+def test_failure_replies_match_nutcracker(tmp_path: Path) -> None:
+    nutcracker = _failure_transcript(tmp_path, lambda conf, stats: [
+        NUTCRACKER, "-c", str(conf), "-s", str(stats), "-a", "127.0.0.1"])
+    assert nutcracker == [b"STORED\r\n", b"SERVER_ERROR Connection timed out\r\n" * 2,
+                          b"VALUE k 0 1\r\nv\r\nEND\r\n", b"SERVER_ERROR Connection refused\r\n",
+                          b"END\r\n", b"END\r\n"]
+    trio_mc = _failure_transcript(tmp_path, lambda conf, stats: [
+        sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), "-s", str(stats)])
+    assert trio_mc == nutcracker
