@@ -49,7 +49,8 @@ class Backend:
     lines: list[bytes] = field(default_factory=list)  # every request line received
     connections: int = 0
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
 
@@ -154,8 +155,9 @@ class Running:
 
     async def client(self) -> trio.SocketStream:
         """A client connection, closed when the proxy stops."""
-        host, port = self.state.addresses[0]  # type: ignore[misc]
-        stream = await trio.open_tcp_stream(host, port)
+        address = self.state.addresses[0]
+        assert isinstance(address, tuple)
+        stream = await trio.open_tcp_stream(address[0], address[1])
         self.clients.append(stream)
         return stream
 
