@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,45 @@ def test_stats_match_nutcracker(tmp_path: Path, backends: tuple[int, int]) -> No
                     assert mine == value, (pool, server, field)
     assert tm["alpha"]["server_ejects"] == 1 and tm["alpha"]["forward_error"] == 2
     assert tm["alpha"]["dead"]["server_err"] == 2 and tm["beta"]["client_connections"] == 1
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.mark.parametrize(("last", "code"), [(signal.SIGINT, 1), (signal.SIGTERM, 0)])
+def test_signals_log_file_and_pid_file(tmp_path: Path, backends: tuple[int, int],
+                                       last: signal.Signals, code: int) -> None:
+    """nutcracker's signal lines in the -o file; SIGHUP reopens it (logrotate); -p's file
+    lives as long as the process; SIGINT exits 1 as nutcracker, SIGTERM 0."""
+    listen = free_port()
+    conf = tmp_path / "pool.yml"
+    conf.write_text(f"alpha:\n  listen: {HOST}:{listen}\n  servers:\n   - {HOST}:{backends[0]}:1\n")
+    log, pid = tmp_path / "proxy.log", tmp_path / "proxy.pid"
+    cmd = [sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), "-s", str(free_port()),
+           "-o", str(log), "-p", str(pid)]
+    with ServerProcess(cmd, listen, cwd=REPO_ROOT, name="trio-mc-proxy") as proc:
+        assert proc.proc is not None
+        assert pid.read_text() == f"{proc.proc.pid}\n"
+        for count, signum in enumerate((signal.SIGTTIN, signal.SIGTTOU, signal.SIGTTOU), 1):
+            proc.proc.send_signal(signum)  # one at a time: two pending alike would merge
+            assert _wait_for(lambda n=count: log.read_text().count("log level to") == n), log.read_text()
+        log.rename(tmp_path / "proxy.log.1")
+        proc.proc.send_signal(signal.SIGHUP)
+        assert _wait_for(log.exists)
+        proc.proc.send_signal(last)
+        assert proc.proc.wait(timeout=10) == code
+    rotated = (tmp_path / "proxy.log.1").read_text()
+    assert "started on pid" in rotated
+    lines = [line.split(" ", 3)[-1] for line in rotated.splitlines()[1:]]
+    assert lines == ["signal 21 (SIGTTIN) received, up logging level", "up log level to 6",
+                     "signal 22 (SIGTTOU) received, down logging level", "down log level to 5",
+                     "signal 22 (SIGTTOU) received, down logging level", "down log level to 4",
+                     "signal 1 (SIGHUP) received, reopening log file"]
+    # Written whatever the level (4 now), as nutcracker's signal lines are.
+    name = signal.Signals(last).name
+    assert log.read_text().split(" ", 3)[-1] == f"signal {int(last)} ({name}) received, exiting\n"
+    assert not pid.exists()

@@ -55,6 +55,9 @@ LOG_LEVEL_DEFAULT = 5
 LOG_LEVEL_MAX = 11
 NOTICE = 25
 logging.addLevelName(NOTICE, "NOTICE")
+#: nutcracker's ``loga``/``log_safe`` lines (start, signals, level changes) are written at
+#: any level: logged as CRITICAL, which every level lets through.
+ALWAYS = logging.CRITICAL
 
 
 def stdlib_level(level: int) -> int:
@@ -89,12 +92,12 @@ class ProxyLog:
     def up(self) -> None:
         self.level = min(self.level + 1, LOG_LEVEL_MAX)
         log.setLevel(stdlib_level(self.level))
-        log.log(NOTICE, "up log level to %d", self.level)
+        log.log(ALWAYS, "up log level to %d", self.level)
 
     def down(self) -> None:
         self.level = max(self.level - 1, 0)
         log.setLevel(stdlib_level(self.level))
-        log.log(NOTICE, "down log level to %d", self.level)
+        log.log(ALWAYS, "down log level to %d", self.level)
 
     def close(self) -> None:
         if self.handler is not None:
@@ -225,23 +228,23 @@ async def _watch_signals(state: ProxyState, proxy_log: ProxyLog | None) -> None:
         async for signum in signals:
             name = f"signal {signum} ({signal.Signals(signum).name}) received"
             if signum in (signal.SIGINT, signal.SIGTERM):
-                log.log(NOTICE, "%s, exiting", name)
+                log.log(ALWAYS, "%s, exiting", name)
                 state.exit_signal = signum
                 return
             if signum == signal.SIGHUP:
-                log.log(NOTICE, "%s, reopening log file", name)
+                log.log(ALWAYS, "%s, reopening log file", name)
                 if proxy_log is not None:
                     proxy_log.reopen()
             elif signum == signal.SIGTTIN:
-                log.log(NOTICE, "%s, up logging level", name)
+                log.log(ALWAYS, "%s, up logging level", name)
                 if proxy_log is not None:
                     proxy_log.up()
             elif signum == signal.SIGTTOU:
-                log.log(NOTICE, "%s, down logging level", name)
+                log.log(ALWAYS, "%s, down logging level", name)
                 if proxy_log is not None:
                     proxy_log.down()
             else:
-                log.log(NOTICE, "%s", name)
+                log.log(ALWAYS, "%s", name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +281,7 @@ def run(options: ProxyOptions) -> int:
         if os.fork():
             os._exit(0)
         os.setsid()
-    log.log(NOTICE, "trio-mc-%s (nutcracker 0.5.0 compatible) built for %s %s %s started on pid %d",
+    log.log(ALWAYS, "trio-mc-%s (nutcracker 0.5.0 compatible) built for %s %s %s started on pid %d",
             __version__, platform.system(), platform.release(), platform.machine(), os.getpid())
     if options.pid_file:
         with open(options.pid_file, "w") as f:
