@@ -10,6 +10,7 @@ order, separators, the final newline), and the counters must be equal, except
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -168,6 +169,10 @@ def test_stats_match_nutcracker(tmp_path: Path, backends: tuple[int, int]) -> No
     assert tm["alpha"]["dead"]["server_err"] == 2 and tm["beta"]["client_connections"] == 1
 
 
+def _logged(log: Path, text: str, count: int) -> bool:
+    return log.read_text().count(text) == count
+
+
 def _wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while not predicate() and time.monotonic() < deadline:
@@ -191,7 +196,7 @@ def test_signals_log_file_and_pid_file(tmp_path: Path, backends: tuple[int, int]
         assert pid.read_text() == f"{proc.proc.pid}\n"
         for count, signum in enumerate((signal.SIGTTIN, signal.SIGTTOU, signal.SIGTTOU), 1):
             proc.proc.send_signal(signum)  # one at a time: two pending alike would merge
-            assert _wait_for(lambda n=count: log.read_text().count("log level to") == n), log.read_text()
+            assert _wait_for(functools.partial(_logged, log, "log level to", count)), log.read_text()
         log.rename(tmp_path / "proxy.log.1")
         proc.proc.send_signal(signal.SIGHUP)
         assert _wait_for(log.exists)
