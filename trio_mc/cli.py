@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trio_mc import MEMCACHED_VERSION, __version__
+from trio_mc.proxy.serve import LOG_LEVEL_MAX, ProxyOptions
+from trio_mc.proxy.stats_server import STATS_INTERVAL, STATS_PORT, StatsConfig
 from trio_mc.settings import Settings
 
 EX_USAGE = 64
@@ -385,34 +387,38 @@ def _validate(s: Settings, chunk_max_set: bool) -> None:
 
 PROXY_HELP = f"""trio-mc {__version__} proxy (nutcracker 0.5.0 compatible)
 usage: trio-mc proxy -c <conf> [options]
--c, --conf-file=<file>    pool configuration: TOML (.toml) or nutcracker YAML (.yml, .yaml)
-    --pool=<file>         the same
--t, --test-conf           check the configuration and exit (0 if it is usable)
--v, --verbose=<N>         logging level (default: 0)
--T, --threads=<N>         worker threads (trio-mc; default: 1)
 -h, --help                print this help and exit
 -V, --version             print the version and exit
+-t, --test-conf           check the configuration and exit (0 if it is usable)
+-d, --daemonize           run as a daemon
+-v, --verbose=<N>         log level, 0-11 (default: 5, notice)
+-o, --output=<file>       log file (default: stderr)
+-c, --conf-file=<file>    pool configuration: TOML (.toml) or nutcracker YAML (.yml, .yaml)
+    --pool=<file>         the same
+-s, --stats-port=<N>      stats listener port (default: {STATS_PORT})
+-a, --stats-addr=<addr>   stats listener address (default: 127.0.0.1; trio-mc
+                          differs from nutcracker here: use -a 0.0.0.0 to open it)
+-i, --stats-interval=<N>  stats aggregation interval in ms (default: {STATS_INTERVAL})
+-p, --pid-file=<file>     write the process id to <file> (removed on exit)
+-m, --mbuf-size=<N>       accepted for nutcracker's scripts (512-16777216); trio-mc has no mbufs
+-T, --threads=<N>         worker threads (trio-mc; default: 1)
 """
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyArgs:
-    conf: str
-    test_conf: bool
-    verbose: int
-    threads: int
 
 
 def parse_proxy_args(argv: Sequence[str]) -> ProxyArgs | str:
     """Parse ``proxy`` flags (nutcracker's spelling); text to print and exit 0 for -h, -V."""
     try:
-        opts, rest = getopt.gnu_getopt(list(argv), "hVtc:v:T:", [
-            "help", "version", "test-conf", "conf-file=", "pool=", "verbose=", "threads="])
+        opts, rest = getopt.gnu_getopt(list(argv), "hVtdc:v:o:s:a:i:p:m:T:", [
+            "help", "version", "test-conf", "daemonize", "conf-file=", "pool=", "verbose=",
+            "output=", "stats-port=", "stats-addr=", "stats-interval=", "pid-file=",
+            "mbuf-size=", "threads="])
     except getopt.GetoptError as exc:
         raise UsageError(f"trio-mc proxy: {exc.msg}\n{PROXY_HELP}") from exc
     if rest:
         raise UsageError(f"trio-mc proxy: unexpected argument '{rest[0]}'")
-    conf, test_conf, verbose, threads = "", False, 0, 1
+    conf, test_conf = "", False
+    options: dict[str, object] = {}
+    stats: dict[str, object] = {}
     for opt, value in opts:
         if opt in ("-h", "--help"):
             return PROXY_HELP
@@ -422,15 +428,47 @@ def parse_proxy_args(argv: Sequence[str]) -> ProxyArgs | str:
             test_conf = True
         elif opt in ("-c", "--conf-file", "--pool"):
             conf = value
+        elif opt in ("-d", "--daemonize"):
+            options["daemonize"] = True
         elif opt in ("-v", "--verbose"):
-            verbose = _int(opt, value)
+            level = _int(opt, value)
+            if not 0 <= level <= LOG_LEVEL_MAX:
+                raise UsageError(f"trio-mc proxy: option -v requires a number between 0 and {LOG_LEVEL_MAX}")
+            options["log_level"] = level
+        elif opt in ("-o", "--output"):
+            options["log_file"] = value
+        elif opt in ("-p", "--pid-file"):
+            options["pid_file"] = value
+        elif opt in ("-s", "--stats-port"):
+            port = _int(opt, value)
+            if not 1 <= port <= 65535:
+                raise UsageError(f"trio-mc proxy: option -s value {port} is not a valid port")
+            stats["port"] = port
+        elif opt in ("-a", "--stats-addr"):
+            stats["host"] = value
+        elif opt in ("-i", "--stats-interval"):
+            interval = _int(opt, value)
+            if interval <= 0:
+                raise UsageError(f"trio-mc proxy: option -i value {interval} is not a valid interval")
+            stats["interval"] = interval
+        elif opt in ("-m", "--mbuf-size"):
+            if not 512 <= _int(opt, value) <= 16777216:
+                raise UsageError("trio-mc proxy: mbuf chunk size must be between 512 and 16777216 bytes")
         elif opt in ("-T", "--threads"):
             threads = _int(opt, value)
             if threads < 1:
                 raise UsageError("trio-mc proxy: number of threads must be greater than 0")
+            options["threads"] = threads
     if not conf:
         raise UsageError(f"trio-mc proxy: a configuration file is needed (-c FILE)\n{PROXY_HELP}")
-    return ProxyArgs(conf, test_conf, verbose, threads)
+    return ProxyArgs(conf, test_conf, ProxyOptions(conf, stats=StatsConfig(**stats), **options))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyArgs:
+    conf: str
+    test_conf: bool
+    options: ProxyOptions
 
 
 def _proxy_main(parsed: ProxyArgs) -> int:
@@ -446,7 +484,7 @@ def _proxy_main(parsed: ProxyArgs) -> int:
         return 1 if problems else 0
     from trio_mc.proxy.serve import run
 
-    return run(parsed.conf, threads=parsed.threads, verbose=parsed.verbose)
+    return run(parsed.options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,447 @@
+"""The proxy's failure model, over real sockets on 127.0.0.1.
+
+In-process tests run ``proxy(pools, threads=0)`` and fake backends (trio tasks written here:
+one answers like memcached, one stays silent, one sends garbage, one resets or closes)
+under ``MockClock``, so timeouts, ejection and retries run on virtual time: exact, and no
+test sleeps.  The last tests send the same failures through real nutcracker 0.5.0 and
+trio-mc with real memcached backends (killed or stopped) and compare what clients see.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from procs import REPO_ROOT, ServerProcess, ask, free_port, start_memcached
+
+from trio_mc.proxy.config import ListenConfig, PoolConfig, load, parse_server
+from trio_mc.proxy.distribution import Continuum
+from trio_mc.proxy.serve import ProxyState, proxy
+from trio_mc.proxy.stats_server import aggregate
+
+READ_TIMEOUT = 600.0  # virtual seconds a client waits for a reply before the test fails
+# Every test runs on pytest-trio's ``autojump_clock`` (MockClock, threshold 0): the fake
+# backends live in the test's loop, so no real I/O is pending when the clock jumps.
+
+
+# -- fake backends ------------------------------------------------------------------------
+
+Behaviour = Callable[["Backend", trio.SocketStream], Awaitable[None]]
+
+
+@dataclass
+class Backend:
+    """A fake memcached on 127.0.0.1: ``behaviour`` serves each connection."""
+
+    behaviour: Behaviour
+    port: int = 0
+    lines: list[bytes] = field(default_factory=list)  # every request line received
+    connections: int = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+                    = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+
+        async def handler(stream: trio.SocketStream) -> None:
+            self.connections += 1
+            try:
+                await self.behaviour(self, stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        await trio.serve_listeners(handler, listeners, task_status=task_status)
+
+
+class _lines:
+    """Request lines as they arrive (a set's data line is a line too), recorded on the
+    backend.  (A class, not an async generator, so an abandoned one needs no cleanup.)"""
+
+    def __init__(self, backend: Backend, stream: trio.SocketStream) -> None:
+        self.backend = backend
+        self.stream = stream
+        self.buffer = b""
+
+    def __aiter__(self) -> _lines:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            data = await self.stream.receive_some()
+            if not data:
+                raise StopAsyncIteration
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        self.backend.lines.append(line)
+        return line
+
+
+async def memcached_like(backend: Backend, stream: trio.SocketStream) -> None:
+    """get: END; set: STORED (after its data line); version: VERSION."""
+    data_next = False
+    async for line in _lines(backend, stream):
+        if data_next:
+            data_next = False
+            await stream.send_all(b"STORED\r\n")
+        elif line.startswith(b"set "):
+            data_next = True
+        elif line.startswith(b"get "):
+            await stream.send_all(b"END\r\n")
+        elif line == b"version":
+            await stream.send_all(b"VERSION 1.6.18\r\n")
+
+
+async def silent(backend: Backend, stream: trio.SocketStream) -> None:
+    async for _ in _lines(backend, stream):
+        pass
+
+
+async def garbage(backend: Backend, stream: trio.SocketStream) -> None:
+    async for _ in _lines(backend, stream):
+        await stream.send_all(b"BOGUS REPLY\r\n")
+
+
+async def resets(backend: Backend, stream: trio.SocketStream) -> None:
+    async for _ in _lines(backend, stream):
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()
+        return
+
+
+async def closes(backend: Backend, stream: trio.SocketStream) -> None:
+    async for _ in _lines(backend, stream):
+        await stream.aclose()
+        return
+
+
+async def error_lines(backend: Backend, stream: trio.SocketStream) -> None:
+    """memcached's own error replies: set -> SERVER_ERROR, get -> CLIENT_ERROR."""
+    data_next = False
+    async for line in _lines(backend, stream):
+        if data_next:
+            data_next = False
+            await stream.send_all(b"SERVER_ERROR out of memory storing object\r\n")
+        elif line.startswith(b"set "):
+            data_next = True
+        elif line.startswith(b"get "):
+            await stream.send_all(b"CLIENT_ERROR bad command line format\r\n")
+
+
+# -- the proxy under test -----------------------------------------------------------------
+
+def pool_config(*ports: int, **options: object) -> PoolConfig:
+    """Pool ``alpha`` listening on any port, servers ``s1``, ``s2``... in that order."""
+    servers = tuple(parse_server(f"127.0.0.1:{port}:1 s{i}") for i, port in enumerate(ports, 1))
+    listen = ListenConfig("127.0.0.1", 0, None, "127.0.0.1:0")
+    return PoolConfig(name="alpha", listen=listen, servers=servers, **options)  # type: ignore[arg-type]
+
+
+@dataclass
+class Running:
+    state: ProxyState
+    config: PoolConfig
+    clients: list[trio.SocketStream] = field(default_factory=list)
+
+    async def client(self) -> trio.SocketStream:
+        """A client connection, closed when the proxy stops."""
+        address = self.state.addresses[0]
+        assert isinstance(address, tuple)
+        stream = await trio.open_tcp_stream(address[0], address[1])
+        self.clients.append(stream)
+        return stream
+
+    def stats(self) -> tuple[dict[str, int], list[dict[str, int]]]:
+        """The pool's and its servers' stats now (the listener's aggregation)."""
+        (pool,) = aggregate(self.state.pools, self.state.groups)
+        return pool.values, [server.values for server in pool.servers]
+
+    def server_for(self, key: bytes, live: tuple[int, ...] | None = None) -> int:
+        continuum = Continuum(self.config.servers, hash=self.config.hash,
+                              distribution=self.config.distribution)
+        if live is not None:
+            continuum.rebuild(live)
+        return continuum.server_for(key)
+
+
+@asynccontextmanager
+async def running(config: PoolConfig, *backends: Backend) -> AsyncIterator[Running]:
+    async with trio.open_nursery() as nursery:
+        state = await nursery.start(lambda task_status: proxy([config], threads=0, task_status=task_status))
+        px = Running(state, config)
+        try:
+            yield px
+        finally:
+            for stream in px.clients:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def started(*behaviours: Behaviour) -> AsyncIterator[list[Backend]]:
+    backends = [Backend(b) for b in behaviours]
+    async with trio.open_nursery() as nursery:
+        for backend in backends:
+            await nursery.start(backend.serve)
+        yield backends
+        nursery.cancel_scope.cancel()
+
+
+async def read_reply(stream: trio.SocketStream, lines: int = 1) -> bytes:
+    """``lines`` reply lines (bounded by READ_TIMEOUT virtual seconds)."""
+    data = b""
+    with trio.fail_after(READ_TIMEOUT):
+        while data.count(b"\r\n") < lines:
+            chunk = await stream.receive_some()
+            assert chunk, f"connection closed after {data!r}"
+            data += chunk
+    return data
+
+
+# -- failures -----------------------------------------------------------------------------
+
+async def test_timeout_fails_everything_queued_after_exactly_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    async with started(silent) as (backend,), running(pool_config(backend.port, timeout=400)) as px:
+        client = await px.client()
+        start = trio.current_time()
+        await client.send_all(b"get a\r\nget b\r\nset c 0 0 1\r\nx\r\n")
+        assert await read_reply(client, 3) == b"SERVER_ERROR Connection timed out\r\n" * 3
+        assert trio.current_time() - start == pytest.approx(0.4, abs=1e-6)
+        pool, (server,) = px.stats()
+        assert server["server_timedout"] == 1 and server["requests"] == 3
+        assert server["responses"] == 0 and server["server_connections"] == 0
+        assert pool["forward_error"] == 3
+        # The connection is rebuilt on demand: the next request times out on a new one.
+        await client.send_all(b"get d\r\n")
+        assert await read_reply(client) == b"SERVER_ERROR Connection timed out\r\n"
+        assert backend.connections == 2
+
+
+async def test_without_timeout_a_silent_backend_is_waited_for(autojump_clock: trio.testing.MockClock) -> None:
+    async with started(silent) as (backend,), running(pool_config(backend.port)) as px:
+        client = await px.client()
+        await client.send_all(b"get a\r\n")
+        with trio.move_on_after(3600) as waited:
+            await client.receive_some()
+        assert waited.cancelled_caught  # nothing, for an hour
+        _, (server,) = px.stats()
+        assert server["requests"] - server["responses"] == 1
+        assert server["out_queue"] == 1 and server["out_queue_bytes"] == len(b"get a\r\n")
+        assert server["server_timedout"] == 0
+
+
+@pytest.mark.parametrize(("behaviour", "text", "counter"), [
+    (resets, b"Connection reset by peer", "server_err"),
+    (closes, b"unknown", "server_eof"),
+    (garbage, b"Invalid argument", "server_err"),
+])
+async def test_backend_failure_fails_every_pending_request_with_its_errno(
+        behaviour: Behaviour, text: bytes, counter: str, autojump_clock: trio.testing.MockClock) -> None:
+    async with started(behaviour) as (backend,), running(pool_config(backend.port)) as px:
+        client = await px.client()
+        await client.send_all(b"get a\r\nget b\r\nget c\r\n")
+        assert await read_reply(client, 3) == (b"SERVER_ERROR " + text + b"\r\n") * 3
+        pool, (server,) = px.stats()
+        assert server[counter] == 1 and server["requests"] == 3
+        assert pool["forward_error"] == 3 and server["server_connections"] == 0
+
+
+async def test_refused_backend(autojump_clock: trio.testing.MockClock) -> None:
+    async with running(pool_config(free_port())) as px:
+        client = await px.client()
+        await client.send_all(b"get a\r\nset b 0 0 1\r\nx\r\nversion\r\n")
+        assert await read_reply(client, 3) == b"SERVER_ERROR Connection refused\r\n" * 3
+        pool, (server,) = px.stats()
+        assert server["server_err"] == 1 and pool["forward_error"] == 3
+
+
+async def test_backend_error_lines_pass_through(autojump_clock: trio.testing.MockClock) -> None:
+    async with started(error_lines) as (backend,), running(pool_config(backend.port)) as px:
+        client = await px.client()
+        await client.send_all(b"set a 0 0 1\r\nx\r\nget a\r\n")
+        assert await read_reply(client, 2) == (b"SERVER_ERROR out of memory storing object\r\n"
+                                               b"CLIENT_ERROR bad command line format\r\n")
+        pool, (server,) = px.stats()
+        assert pool["forward_error"] == 0 and server["responses"] == 2
+        assert server["server_err"] == 0
+
+
+# -- ejection -----------------------------------------------------------------------------
+
+EJECT = {"auto_eject_hosts": True, "server_failure_limit": 2, "server_retry_timeout": 2000}
+
+
+def keys_on(px: Running, index: int, count: int) -> list[bytes]:
+    keys = [b"key:%d" % i for i in range(200)]
+    return [k for k in keys if px.server_for(k) == index][:count]
+
+
+async def test_auto_eject_remaps_then_rejoins_blindly(autojump_clock: trio.testing.MockClock) -> None:
+    dead = free_port()
+    async with started(memcached_like) as (live,), \
+            running(pool_config(dead, live.port, **EJECT)) as px:
+        key = keys_on(px, 0, 1)[0]  # held by the dead server s1
+        client = await px.client()
+        for _ in range(2):  # the failure limit
+            await client.send_all(b"get " + key + b"\r\n")
+            assert await read_reply(client) == b"SERVER_ERROR Connection refused\r\n"
+        await client.send_all(b"get " + key + b"\r\n")
+        assert await read_reply(client) == b"END\r\n"  # remapped to s2
+        assert live.lines == [b"get " + key]
+        pool, servers = px.stats()
+        assert pool["server_ejects"] == 1 and servers[0]["server_ejected_at"] > 0
+        assert servers[0]["server_err"] == 2 and pool["forward_error"] == 2
+        # After server_retry_timeout, the next request puts s1 back without a check.
+        await trio.sleep(2.0)
+        await client.send_all(b"get " + key + b"\r\n")
+        assert await read_reply(client) == b"SERVER_ERROR Connection refused\r\n"
+        await client.send_all(b"get " + key + b"\r\n")
+        assert await read_reply(client) == b"SERVER_ERROR Connection refused\r\n"
+        await client.send_all(b"get " + key + b"\r\n")
+        assert await read_reply(client) == b"END\r\n"
+        assert px.stats()[0]["server_ejects"] == 2
+
+
+async def test_every_server_ejected_fails_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    async with running(pool_config(free_port(), free_port(), **EJECT)) as px:
+        client = await px.client()
+        keys = keys_on(px, 0, 2) + keys_on(px, 1, 2)
+        for key in keys:
+            await client.send_all(b"get " + key + b"\r\n")
+            assert await read_reply(client) == b"SERVER_ERROR Connection refused\r\n"
+        pool, servers = px.stats()
+        assert pool["server_ejects"] == 2
+        requests = sum(s["requests"] for s in servers)
+        start = trio.current_time()
+        await client.send_all(b"get x\r\nset y 0 0 1\r\nz\r\nversion\r\nget a b c\r\n")
+        assert await read_reply(client, 4) == b"SERVER_ERROR Connection refused\r\n" * 4
+        assert trio.current_time() == start  # no connect tried
+        assert sum(s["requests"] for s in px.stats()[1]) == requests
+
+
+async def test_server_probe_rejoins_only_after_answering_version(autojump_clock: trio.testing.MockClock) -> None:
+    async with started(silent, memcached_like) as (hung, live), \
+            running(pool_config(hung.port, live.port, timeout=100, server_probe=True, **EJECT)) as px:
+        key = keys_on(px, 0, 1)[0]
+        client = await px.client()
+        for _ in range(2):
+            await client.send_all(b"get " + key + b"\r\n")
+            assert await read_reply(client) == b"SERVER_ERROR Connection timed out\r\n"
+        # Ejected: remapped; after the retry timeout the probe times out, so s1 stays out.
+        for _ in range(3):
+            await trio.sleep(2.5)
+            await client.send_all(b"get " + key + b"\r\n")
+            assert await read_reply(client) == b"END\r\n"
+        assert all(line in (b"version", b"get " + key) for line in hung.lines)
+        assert b"version" in hung.lines
+        hung.behaviour = memcached_like  # s1 recovers: the next probe succeeds
+        await trio.sleep(2.5)
+        await client.send_all(b"get " + key + b"\r\n")
+        await read_reply(client)
+        await trio.sleep(0.5)
+        await client.send_all(b"get " + key + b"\r\n")
+        assert await read_reply(client) == b"END\r\n"
+        assert hung.lines[-1] == b"get " + key
+
+
+async def test_client_leaving_mid_multiget_keeps_servers_in_sync(autojump_clock: trio.testing.MockClock) -> None:
+    async with started(silent, memcached_like) as (slow, fast), \
+            running(pool_config(slow.port, fast.port)) as px:
+        keys = keys_on(px, 0, 2) + keys_on(px, 1, 2)
+        client = await px.client()
+        await client.send_all(b"get " + b" ".join(keys) + b"\r\n")
+        await trio.testing.wait_all_tasks_blocked()
+        await client.aclose()  # fragment on s2 answered, the one on s1 pending
+        await trio.testing.wait_all_tasks_blocked()
+        pool, servers = px.stats()
+        assert pool["client_eof"] == 1 and pool["client_connections"] == 0
+        assert servers[0]["out_queue"] == 1 and servers[1]["responses"] == 1
+        other = await px.client()
+        await other.send_all(b"get " + keys[2] + b"\r\n")
+        assert await read_reply(other) == b"END\r\n"
+        assert px.stats()[0]["forward_error"] == 0
+
+
+# -- differential: real nutcracker and trio-mc over real memcached --------------------------
+
+NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
+
+
+def _ask(sock: socket.socket, request: bytes, end: bytes = b"\r\n") -> bytes:
+    """``ask``, with a connection error as the reply (the proxy may have died)."""
+    try:
+        return ask(sock, request, end)
+    except OSError as exc:
+        return f"<{exc.strerror}>".encode()
+
+
+def _failure_transcript(tmp_path: Path, proxy_cmd: Callable[[Path, int], list[str]]) -> list[bytes]:
+    """A backend paused (SIGSTOP) past the timeout, resumed, then killed; a second pool
+    ejects its killed server and remaps.  Returns every reply, in order."""
+    replies: list[bytes] = []
+    with start_memcached() as mc, start_memcached() as mc_a, start_memcached() as mc_b:
+        listen, eject_listen = free_port(), free_port()
+        conf = tmp_path / f"pools-{listen}.yml"
+        conf.write_text(f"""\
+timed:
+  listen: 127.0.0.1:{listen}
+  timeout: 300
+  servers:
+   - 127.0.0.1:{mc.port}:1 only
+ejecting:
+  listen: 127.0.0.1:{eject_listen}
+  timeout: 300
+  auto_eject_hosts: true
+  server_failure_limit: 1
+  server_retry_timeout: 60000
+  servers:
+   - 127.0.0.1:{mc_a.port}:1 a
+   - 127.0.0.1:{mc_b.port}:1 b
+""")
+        with ServerProcess(proxy_cmd(conf, free_port()), listen, cwd=REPO_ROOT) as px:
+            with socket.create_connection(("127.0.0.1", listen), timeout=10) as sock:
+                replies.append(_ask(sock, b"set k 0 0 1\r\nv\r\n"))
+                assert mc.proc is not None and px.proc is not None
+                mc.proc.send_signal(signal.SIGSTOP)
+                replies.append(_ask(sock, b"get k\r\nget j\r\n", b"out\r\nSERVER_ERROR Connection timed out\r\n"))
+                mc.proc.send_signal(signal.SIGCONT)
+                replies.append(_ask(sock, b"get k\r\n", b"END\r\n"))
+                mc.stop()
+                time.sleep(0.2)  # the proxy sees its idle connection's EOF
+                replies.append(_ask(sock, b"get k\r\n"))
+            time.sleep(0.2)
+            if px.proc.poll() is not None:  # the proxy died: the transcript says how
+                return [*replies, f"exited {px.proc.returncode}: {px.output()[-300:]}".encode()]
+            pool = next(p for p in load(conf) if p.name == "ejecting")
+            continuum = Continuum(pool.servers, hash=pool.hash, distribution=pool.distribution)
+            key = next(k for k in (b"key:%d" % i for i in range(400)) if continuum.server_for(k) == 1)
+            with socket.create_connection(("127.0.0.1", eject_listen), timeout=10) as sock:
+                replies.append(_ask(sock, b"get " + key + b"\r\n", b"END\r\n"))
+                mc_b.stop()
+                time.sleep(0.2)
+                # The idle connection's EOF was failure 1 = the limit: b is out, k remaps to a.
+                replies.append(_ask(sock, b"get " + key + b"\r\n", b"\r\n"))
+            if px.proc.poll() is not None:
+                replies.append(f"exited {px.proc.returncode}: {px.output()[-300:]}".encode())
+    return replies
+
+
+def test_failure_replies_match_nutcracker(tmp_path: Path) -> None:
+    nutcracker = _failure_transcript(tmp_path, lambda conf, stats: [
+        NUTCRACKER, "-c", str(conf), "-s", str(stats), "-a", "127.0.0.1"])
+    assert nutcracker == [b"STORED\r\n", b"SERVER_ERROR Connection timed out\r\n" * 2,
+                          b"VALUE k 0 1\r\nv\r\nEND\r\n", b"SERVER_ERROR Connection refused\r\n",
+                          b"END\r\n", b"END\r\n"]
+    trio_mc = _failure_transcript(tmp_path, lambda conf, stats: [
+        sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), "-s", str(stats)])
+    assert trio_mc == nutcracker
