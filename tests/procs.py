@@ -379,7 +379,8 @@ def start_proxy(make_conf: Callable[[int], str], directory: str | os.PathLike[st
     def cmd(port: int) -> list[str]:
         conf = Path(directory) / f"proxy-{next(_CONF_SERIAL)}{suffix}"
         conf.write_text(make_conf(port), encoding="utf-8")
-        return [sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), *[str(a) for a in extra_args]]
+        stats = [] if "-s" in extra_args else ["-s", str(free_port())]  # stats port: never shared
+        return [sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), *stats, *[str(a) for a in extra_args]]
     return _start_with_retries(cmd, name="trio_mc_proxy", cwd=REPO_ROOT)
 
 
