@@ -18,6 +18,7 @@ nutcracker's levels 0-11 (5, notice, by default), mapped onto the stdlib levels.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -26,7 +27,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -191,6 +192,18 @@ async def proxy(pools: Sequence[PoolConfig], *, threads: int = 1, verbose: int =
     """
     state = ProxyState(list(pools), connection_settings(verbose))
     socks: list[socket.socket] = []
+    # Signals are caught before any port accepts, so that a signal sent as soon as the
+    # proxy answers (SIGTTIN's default action would stop the process) is handled.
+    with contextlib.ExitStack() as stack:
+        signals = stack.enter_context(trio.open_signal_receiver(*WATCHED)) if handle_signals else None
+        await _proxy(state, socks, signals, threads, verbose, stats, proxy_log, task_status)
+
+
+async def _proxy(state: ProxyState, socks: list[socket.socket], signals: AsyncIterator[int] | None,
+                 threads: int, verbose: int, stats: StatsConfig | None, proxy_log: ProxyLog | None,
+                 task_status: trio.TaskStatus[ProxyState]) -> None:
+    """The body of :func:`proxy`, inside its signal receiver."""
+    pools = state.pools
     try:
         listeners = []
         for config in pools:
@@ -206,8 +219,8 @@ async def proxy(pools: Sequence[PoolConfig], *, threads: int = 1, verbose: int =
                 state.stats_address = await nursery.start(StatsServer(state, stats).run)
             await nursery.start(acceptor.run, listeners)
             task_status.started(state)
-            if handle_signals:
-                await _watch_signals(state, proxy_log)
+            if signals is not None:
+                await _watch_signals(state, signals, proxy_log)
                 nursery.cancel_scope.cancel()
     finally:
         for sock in socks:
@@ -220,31 +233,33 @@ async def proxy(pools: Sequence[PoolConfig], *, threads: int = 1, verbose: int =
                     pass
 
 
-async def _watch_signals(state: ProxyState, proxy_log: ProxyLog | None) -> None:
+WATCHED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN, signal.SIGTTOU,
+           signal.SIGUSR1, signal.SIGUSR2)
+
+
+async def _watch_signals(state: ProxyState, signals: AsyncIterator[int],
+                         proxy_log: ProxyLog | None) -> None:
     """nutcracker's signal handling (see the module docstring); returns on SIGINT/SIGTERM."""
-    watched = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN, signal.SIGTTOU,
-               signal.SIGUSR1, signal.SIGUSR2)
-    with trio.open_signal_receiver(*watched) as signals:
-        async for signum in signals:
-            name = f"signal {signum} ({signal.Signals(signum).name}) received"
-            if signum in (signal.SIGINT, signal.SIGTERM):
-                log.log(ALWAYS, "%s, exiting", name)
-                state.exit_signal = signum
-                return
-            if signum == signal.SIGHUP:
-                log.log(ALWAYS, "%s, reopening log file", name)
-                if proxy_log is not None:
-                    proxy_log.reopen()
-            elif signum == signal.SIGTTIN:
-                log.log(ALWAYS, "%s, up logging level", name)
-                if proxy_log is not None:
-                    proxy_log.up()
-            elif signum == signal.SIGTTOU:
-                log.log(ALWAYS, "%s, down logging level", name)
-                if proxy_log is not None:
-                    proxy_log.down()
-            else:
-                log.log(ALWAYS, "%s", name)
+    async for signum in signals:
+        name = f"signal {signum} ({signal.Signals(signum).name}) received"
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            log.log(ALWAYS, "%s, exiting", name)
+            state.exit_signal = signum
+            return
+        if signum == signal.SIGHUP:
+            log.log(ALWAYS, "%s, reopening log file", name)
+            if proxy_log is not None:
+                proxy_log.reopen()
+        elif signum == signal.SIGTTIN:
+            log.log(ALWAYS, "%s, up logging level", name)
+            if proxy_log is not None:
+                proxy_log.up()
+        elif signum == signal.SIGTTOU:
+            log.log(ALWAYS, "%s, down logging level", name)
+            if proxy_log is not None:
+                proxy_log.down()
+        else:
+            log.log(ALWAYS, "%s", name)
 
 
 @dataclass(frozen=True, slots=True)
