@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import trio
@@ -67,14 +68,16 @@ Handler: TypeAlias = Callable[[Any, Any, Out], Effect]
 _DISCONNECTED = (OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class ConnCounters(Protocol):
-    """The per-loop counters a connection keeps (memcached's ``thread_stats`` subset)."""
+@dataclass(slots=True)
+class ConnCounters:
+    """The per-loop counters a connection keeps (memcached's ``thread_stats`` subset);
+    owners that count more per loop extend it."""
 
-    bytes_read: int
-    bytes_written: int
-    conn_yields: int
-    idle_kicks: int
-    response_obj_oom: int
+    bytes_read: int = 0
+    bytes_written: int = 0
+    conn_yields: int = 0
+    idle_kicks: int = 0
+    response_obj_oom: int = 0
 
 
 class ConnRegistry(Protocol):

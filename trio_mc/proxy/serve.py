@@ -34,7 +34,7 @@ import trio
 
 from trio_mc import __version__
 from trio_mc.net.acceptor import Acceptor, endpoint_for
-from trio_mc.net.conn import Conn, ConnGroup
+from trio_mc.net.conn import Conn, ConnCounters, ConnGroup
 from trio_mc.net.listen import bind_tcp, bind_unix
 from trio_mc.proxy.client import ClientSession, open_client
 from trio_mc.proxy.config import ConfigError, PoolConfig, load
@@ -107,17 +107,6 @@ class ProxyLog:
             self.handler = None
 
 
-@dataclass(slots=True)
-class ProxyCounters:
-    """A worker loop's connection counters (what :class:`~trio_mc.net.conn.Conn` keeps)."""
-
-    bytes_read: int = 0
-    bytes_written: int = 0
-    conn_yields: int = 0
-    idle_kicks: int = 0
-    response_obj_oom: int = 0
-
-
 @dataclass
 class ProxyState:
     """What the proxy keeps across loops: its pools, counters and client connections."""
@@ -125,7 +114,7 @@ class ProxyState:
     pools: list[PoolConfig]
     settings: Settings
     clock: Clock = field(default_factory=Clock)
-    counters: list[ProxyCounters] = field(default_factory=list)
+    counters: list[ConnCounters] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     curr_connections: int = 0  # client connections (the stats add listeners and servers)
     total_connections: int = 0
@@ -152,7 +141,7 @@ class ProxyState:
                 session.pool.stats.client_eof += 1
 
     def new_group(self) -> ConnGroup:
-        counters = ProxyCounters()
+        counters = ConnCounters()
         self.counters.append(counters)
         return ConnGroup(self.settings, self.clock, counters, self)
 
