@@ -30,6 +30,7 @@ request pending on it).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,14 @@ def _value_line(line: bytes) -> _Line:
         return None
     size = int(nbytes)
     return (b"VALUE", size) if size <= VALUE_LIMIT else None
+
+
+#: The common ``VALUE`` header, matched in C: a key of 1-250 bytes, flags, length (the
+#: group) and an optional cas, each of up to 20 digits.  Every header it matches,
+#: :func:`_value_line` reads the same way; anything else (an error, ``END``, a header
+#: still incomplete) goes through the line tables.
+_VALUE_HEADER = re.compile(rb"VALUE [^ \r\n]{1,%d} [0-9]{1,20} ([0-9]{1,20})(?: [0-9]{1,20})?\r\n"
+                           % KEY_MAX_LENGTH).match
 
 
 def _number_line(line: bytes) -> _Line:
@@ -255,6 +264,20 @@ class ResponseReader:
                     return self._bad(out, None, "a reply nobody asked for")
                 kind = self._kind = expected.popleft()
                 start = pos
+            if kind == RETRIEVAL:  # the fast path: VALUE blocks complete in this read
+                header = _VALUE_HEADER(buf, pos)
+                while header is not None:
+                    size = int(header.group(1))
+                    block_end = header.end() + size + 2
+                    if block_end > end_of_buf or size > VALUE_LIMIT:
+                        break  # the block ends in a later read: the line path waits for it
+                    if buf[block_end - 2:block_end] != _CRLF:
+                        return self._bad(out, kind, "data block not ending in \\r\\n")
+                    self._spans.append((self._have + pos - start, self._have + block_end - start))
+                    pos = block_end
+                    header = _VALUE_HEADER(buf, pos)
+                if pos == end_of_buf:
+                    break
             nl = buf.find(b"\n", pos)
             if nl < 0:
                 if end_of_buf - pos >= limit:

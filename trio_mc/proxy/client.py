@@ -80,6 +80,8 @@ class ClientSession:
     def forward_multiget(self, keys: list[bytes], with_cas: bool, exptime: int | None) -> Effect:
         """One fragment per server, in key order; merged as twemproxy merges them."""
         pool = self.pool
+        if pool.only_index() is not None:  # one server: its reply is already the merged one
+            return self.forward(keys[0], [rq.retrieval(keys, with_cas, exptime)], RETRIEVAL)
         by_server: dict[int, int] = {}  # server index -> fragment index
         frag_keys: list[list[bytes]] = []
         key_frags: list[int] = []
@@ -93,7 +95,7 @@ class ClientSession:
                 frag_keys.append([])
             frag_keys[index].append(key)
             key_frags.append(index)
-        if len(frag_keys) == 1:  # one server: its reply is already the merged one
+        if len(frag_keys) == 1:  # all on one server: the same
             return self.forward(keys[0], [rq.retrieval(keys, with_cas, exptime)], RETRIEVAL)
         frags = [Msg(None, [rq.retrieval(part, with_cas, exptime)], RETRIEVAL) for part in frag_keys]
         parent = multiget(self, frags, key_frags)

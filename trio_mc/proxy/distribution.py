@@ -213,7 +213,7 @@ class Continuum:
     Both raise :class:`NoLiveServers` while no server is live.
     """
 
-    __slots__ = ("_build", "_hash", "_tag", "dispatch", "live", "servers")
+    __slots__ = ("_build", "_hash", "_tag", "dispatch", "live", "only", "servers")
 
     def __init__(self, servers: Sequence[PoolServer], *, hash: str = "fnv1a_64",
                  distribution: str = "ketama", hash_tag: bytes | None = None) -> None:
@@ -233,6 +233,9 @@ class Continuum:
         self._tag = hash_tag
         self.live: tuple[int, ...] = ()
         self.dispatch: Dispatch = _no_live_servers
+        #: 0 while the pool has one server and it is live: every key is on it, so callers
+        #: that route many keys (a multi-get) need not look each one up.
+        self.only: int | None = None
         self.rebuild(range(len(servers)))
 
     def rebuild(self, live: Iterable[int]) -> None:
@@ -241,6 +244,7 @@ class Continuum:
         if self.live and not 0 <= self.live[0] <= self.live[-1] < len(self.servers):
             raise IndexError(f"live servers {self.live} out of range")
         self.dispatch = self._build(self.servers, self.live) if self.live else _no_live_servers
+        self.only = 0 if len(self.servers) == 1 and self.live else None
 
     def server_for(self, key: bytes) -> int:
         """The index of the server that holds ``key``, as twemproxy's ``server_pool_idx``."""

@@ -57,6 +57,12 @@ class Pool:
         except NoLiveServers:
             return None
 
+    def only_index(self) -> int | None:
+        """The index of the pool's one server while it is live (see ``Continuum.only``)."""
+        if self.ejected:
+            self._retry_due()
+        return self.continuum.only
+
     def conn_for(self, key: bytes) -> ServerConn | None:
         """The connection a request for ``key`` is queued on (``None``: see index_for)."""
         index = self.index_for(key)
