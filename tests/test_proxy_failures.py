@@ -23,11 +23,12 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from helpers import InLoopProxy, proxy_in_loop
 from procs import REPO_ROOT, ServerProcess, ask, free_port, start_memcached
 
 from trio_mc.proxy.config import ListenConfig, PoolConfig, load, parse_server
 from trio_mc.proxy.distribution import Continuum
-from trio_mc.proxy.serve import ProxyState, proxy
+from trio_mc.proxy.serve import ProxyState
 from trio_mc.proxy.stats_server import aggregate
 
 READ_TIMEOUT = 600.0  # virtual seconds a client waits for a reply before the test fails
@@ -149,17 +150,16 @@ def pool_config(*ports: int, **options: object) -> PoolConfig:
 
 @dataclass
 class Running:
-    state: ProxyState
+    px: InLoopProxy
     config: PoolConfig
-    clients: list[trio.SocketStream] = field(default_factory=list)
+
+    @property
+    def state(self) -> ProxyState:
+        return self.px.state
 
     async def client(self) -> trio.SocketStream:
         """A client connection, closed when the proxy stops."""
-        address = self.state.addresses[0]
-        assert isinstance(address, tuple)
-        stream = await trio.open_tcp_stream(address[0], address[1])
-        self.clients.append(stream)
-        return stream
+        return await self.px.connect()
 
     def stats(self) -> tuple[dict[str, int], list[dict[str, int]]]:
         """The pool's and its servers' stats now (the listener's aggregation)."""
@@ -176,15 +176,8 @@ class Running:
 
 @asynccontextmanager
 async def running(config: PoolConfig, *backends: Backend) -> AsyncIterator[Running]:
-    async with trio.open_nursery() as nursery:
-        state = await nursery.start(lambda task_status: proxy([config], threads=0, task_status=task_status))
-        px = Running(state, config)
-        try:
-            yield px
-        finally:
-            for stream in px.clients:
-                await stream.aclose()
-            nursery.cancel_scope.cancel()
+    async with proxy_in_loop([config]) as px:
+        yield Running(px, config)
 
 
 @asynccontextmanager

@@ -400,6 +400,8 @@ usage: trio-mc proxy -c <conf> [options]
                           differs from nutcracker here: use -a 0.0.0.0 to open it)
 -i, --stats-interval=<N>  stats aggregation interval in ms (default: {STATS_INTERVAL})
 -p, --pid-file=<file>     write the process id to <file> (removed on exit)
+    --reload              check <conf>, then make the proxy whose pid is in the -p file
+                          reload its config (trio-mc; the same as sending it SIGUSR1)
 -m, --mbuf-size=<N>       accepted for nutcracker's scripts (512-16777216); trio-mc has no mbufs
 -T, --threads=<N>         worker threads (trio-mc; default: 1)
 """
@@ -411,12 +413,12 @@ def parse_proxy_args(argv: Sequence[str]) -> ProxyArgs | str:
         opts, rest = getopt.gnu_getopt(list(argv), "hVtdc:v:o:s:a:i:p:m:T:", [
             "help", "version", "test-conf", "daemonize", "conf-file=", "pool=", "verbose=",
             "output=", "stats-port=", "stats-addr=", "stats-interval=", "pid-file=",
-            "mbuf-size=", "threads="])
+            "mbuf-size=", "threads=", "reload"])
     except getopt.GetoptError as exc:
         raise UsageError(f"trio-mc proxy: {exc.msg}\n{PROXY_HELP}") from exc
     if rest:
         raise UsageError(f"trio-mc proxy: unexpected argument '{rest[0]}'")
-    conf, test_conf = "", False
+    conf, test_conf, reload = "", False, False
     options: dict[str, object] = {}
     stats: dict[str, object] = {}
     for opt, value in opts:
@@ -426,6 +428,8 @@ def parse_proxy_args(argv: Sequence[str]) -> ProxyArgs | str:
             return f"This is trio-mc-{__version__} (nutcracker 0.5.0 compatible proxy)\n"
         if opt in ("-t", "--test-conf"):
             test_conf = True
+        elif opt == "--reload":
+            reload = True
         elif opt in ("-c", "--conf-file", "--pool"):
             conf = value
         elif opt in ("-d", "--daemonize"):
@@ -461,18 +465,21 @@ def parse_proxy_args(argv: Sequence[str]) -> ProxyArgs | str:
             options["threads"] = threads
     if not conf:
         raise UsageError(f"trio-mc proxy: a configuration file is needed (-c FILE)\n{PROXY_HELP}")
-    return ProxyArgs(conf, test_conf, ProxyOptions(conf, stats=StatsConfig(**stats), **options))  # type: ignore[arg-type]
+    if reload and "pid_file" not in options:
+        raise UsageError("trio-mc proxy: --reload needs the running proxy's pid file (-p FILE)")
+    return ProxyArgs(conf, test_conf, reload, ProxyOptions(conf, stats=StatsConfig(**stats), **options))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
 class ProxyArgs:
     conf: str
     test_conf: bool
+    reload: bool
     options: ProxyOptions
 
 
 def _proxy_main(parsed: ProxyArgs) -> int:
-    if parsed.test_conf:
+    if parsed.test_conf or parsed.reload:
         from trio_mc.proxy.config import check
 
         problems = check(parsed.conf)
@@ -481,7 +488,12 @@ def _proxy_main(parsed: ProxyArgs) -> int:
         verdict = "is invalid" if problems else "is ok"
         print(f"trio-mc proxy: configuration file '{parsed.conf}' syntax {verdict}",
               file=sys.stderr if problems else sys.stdout)
-        return 1 if problems else 0
+        if problems or not parsed.reload:
+            return 1 if problems else 0
+        from trio_mc.proxy.serve import request_reload
+
+        assert parsed.options.pid_file is not None
+        return request_reload(parsed.options.pid_file)
     from trio_mc.proxy.serve import run
 
     return run(parsed.options)

@@ -5,6 +5,10 @@ rule), and hands each accepted socket round-robin to a worker thread, or serves 
 own loop when there are no workers (``threads=0``, which tests use so one ``MockClock``
 drives everything).  A graceful drain stops accepting, lets every connection finish its
 command and reply, and returns once all are closed.
+
+Listeners may come and go while it runs (the proxy's live reload: :meth:`Acceptor.listen`,
+:meth:`Acceptor.unlisten`), and the owner may run a function in every loop
+(:meth:`Acceptor.call_in_loops`) to change per-loop state where it lives.
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ class Acceptor:
         self.verbose = verbose
         self._accepting = trio.CancelScope()
         self._drained = trio.Event()
+        self._accept_nursery: trio.Nursery | None = None
+        self._dispatch: Callable[[socket.socket, Endpoint], None] | None = None
+        self._loops: dict[trio.socket.SocketType, trio.CancelScope] = {}
 
     @property
     def groups(self) -> list[ConnGroup]:
@@ -75,7 +82,8 @@ class Acceptor:
                     def dispatch(sock: socket.socket, endpoint: Endpoint) -> None:
                         next(ring).dispatch(sock, endpoint)
 
-                conn_nursery.start_soon(self._accept_all, listeners, dispatch)
+                self._dispatch = dispatch
+                await conn_nursery.start(self._accept_all, listeners)
                 task_status.started()
                 await self._drained.wait()
                 conn_nursery.cancel_scope.cancel()
@@ -97,16 +105,45 @@ class Acceptor:
             await worker.stopped.wait()
         self._drained.set()
 
-    async def _accept_all(self, listeners: Sequence[tuple[trio.socket.SocketType, Endpoint]],
-                          dispatch: Callable[[socket.socket, Endpoint], None]) -> None:
+    def listen(self, listener: trio.socket.SocketType, endpoint: Endpoint) -> None:
+        """Start accepting on one more listening socket (while :meth:`run` runs)."""
+        assert self._accept_nursery is not None, "the acceptor is not running"
+        scope = self._loops[listener] = trio.CancelScope()
+        self._accept_nursery.start_soon(self._accept_loop, listener, endpoint, scope)
+
+    def unlisten(self, listener: trio.socket.SocketType) -> None:
+        """Stop accepting on ``listener`` (the caller closes it); its connections stay."""
+        scope = self._loops.pop(listener, None)
+        if scope is not None:
+            scope.cancel()
+
+    def call_in_loops(self, fn: Callable[[ConnGroup], None]) -> None:
+        """Run ``fn(group)`` in each serving loop, soon (in this one at once without
+        workers).  ``fn`` must not raise: it runs as a worker loop's callback."""
+        if self.local is not None:
+            fn(self.local)
+        for worker in self.workers:
+            worker.call_soon(fn)
+
+    async def _accept_all(self, listeners: Sequence[tuple[trio.socket.SocketType, Endpoint]], *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self._accepting:
             async with trio.open_nursery() as nursery:
+                self._accept_nursery = nursery
                 for listener, endpoint in listeners:
-                    nursery.start_soon(self._accept_loop, listener, endpoint, dispatch)
+                    self.listen(listener, endpoint)
+                task_status.started()
+                await trio.sleep_forever()
 
     async def _accept_loop(self, listener: trio.socket.SocketType, endpoint: Endpoint,
-                           dispatch: Callable[[socket.socket, Endpoint], None]) -> None:
+                           scope: trio.CancelScope) -> None:
         """memcached's ``conn_listening`` state: accept, admit, hand off."""
+        with scope:
+            await self._accept(listener, endpoint)
+
+    async def _accept(self, listener: trio.socket.SocketType, endpoint: Endpoint) -> None:
+        dispatch = self._dispatch
+        assert dispatch is not None
         while True:
             try:
                 tsock, _ = await listener.accept()

@@ -99,6 +99,15 @@ class Worker:
             except trio.RunFinishedError:
                 pass
 
+    def call_soon(self, fn: Callable[[ConnGroup], None]) -> None:
+        """Run ``fn(group)`` in the worker's loop soon (any thread); nothing if it is gone."""
+        token = self._token
+        if token is not None:
+            try:
+                token.run_sync_soon(fn, self.group)
+            except trio.RunFinishedError:
+                pass
+
     def stop(self) -> None:
         """Cancel everything in the worker (any thread, any time)."""
         with self._lock:

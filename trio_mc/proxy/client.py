@@ -21,7 +21,7 @@ own ``ERROR``/``CLIENT_ERROR`` line in its place and keeps the connection.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
@@ -264,14 +264,15 @@ HANDLERS: dict[type, Callable[[Any, ClientSession, Out], Effect]] = {
 }
 
 
-def open_client(config: PoolConfig, transport: Transport, group: ConnGroup, *, fd: int, addr: str,
-                listen_addr: str) -> Conn:
-    """A client connection of the pool ``config``, served by this worker loop's backends."""
+def open_client(configs: Mapping[str, PoolConfig], name: str, transport: Transport, group: ConnGroup, *,
+                fd: int, addr: str, listen_addr: str) -> Conn:
+    """A client connection of the pool ``name`` (its current config in ``configs``, which a
+    reload updates), served by this worker loop's backends."""
     assert group.nursery is not None
     pools = group.context
     if not isinstance(pools, Pools):
         pools = group.context = Pools(group.nursery)
-    session = ClientSession(pools.get(config), transport, group.nursery)
+    session = ClientSession(pools.get(configs[name]), transport, group.nursery)
     return Conn(transport, group, HANDLERS, session, fd=fd, addr=addr, listen_addr=listen_addr,
                 before_read=session.wait_room)
 

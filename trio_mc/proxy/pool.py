@@ -10,16 +10,24 @@ for ``server_retry_timeout`` ms, so its keys go to the other servers; after that
 request puts it back blindly.  With trio-mc's ``server_probe``, it is put back only once
 it answers ``version`` (probed in the background), instead of taking live traffic to find
 out.  Time is the loop's Trio clock, so tests drive it with ``MockClock``.
+
+A live reload (:meth:`Pool.reconfigure`) keeps every server whose line is unchanged, with
+its connections, counters and ejection state; a server that is gone, or whose
+connections the new settings change (``timeout``, ``server_connections``), has its
+connections retired: they answer what is queued on them and close.  Clients keep their
+connections throughout, and a request routed before the reload is answered by the server
+it was routed to.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import trio
 
 from trio_mc.protocol.requests import VERSION
-from trio_mc.proxy.config import PoolConfig
+from trio_mc.proxy.config import PoolConfig, ServerConfig
 from trio_mc.proxy.distribution import Continuum, NoLiveServers
 from trio_mc.proxy.server import Server, ServerConn, connect
 from trio_mc.proxy.stats import PoolStats
@@ -37,15 +45,43 @@ class Pool:
 
     def __init__(self, config: PoolConfig, nursery: trio.Nursery) -> None:
         self.config = config
-        timeout = config.timeout / 1000 if config.timeout is not None else None
-        self.servers = [Server(server, nursery, config.server_connections, timeout, self)
-                        for server in config.servers]
-        self.continuum = Continuum(config.servers, hash=config.hash, distribution=config.distribution,
-                                   hash_tag=config.hash_tag)
-        self.stats = PoolStats()
         self.nursery = nursery
+        self.servers = [self._new_server(server) for server in config.servers]
+        self.continuum = _continuum(config)
+        self.stats = PoolStats()
         self.ejected: set[Server] = set()
         self._probing: set[Server] = set()
+
+    def _new_server(self, server: ServerConfig) -> Server:
+        config = self.config
+        timeout = config.timeout / 1000 if config.timeout is not None else None
+        return Server(server, self.nursery, config.server_connections, timeout, self)
+
+    def reconfigure(self, config: PoolConfig) -> None:
+        """Take a reloaded config of this pool (see the module docstring)."""
+        old, self.config = self.config, config
+        if config == old:
+            return
+        same_conns = (config.timeout, config.server_connections) == (old.timeout, old.server_connections)
+        kept = {server.config: server for server in self.servers}
+        servers = []
+        for line in config.servers:
+            server = kept.pop(line, None)
+            if server is None:
+                server = self._new_server(line)
+            elif not same_conns:
+                server.retire()
+                server.max_conns = config.server_connections
+                server.timeout = config.timeout / 1000 if config.timeout is not None else None
+            servers.append(server)
+        for gone in kept.values():
+            gone.retire()
+        self.servers = servers
+        self.ejected.intersection_update(servers)
+        if not config.auto_eject_hosts:
+            self.ejected.clear()
+        self.continuum = _continuum(config)
+        self._rebuild()
 
     def index_for(self, key: bytes) -> int | None:
         """The index of the server that holds ``key``; ``None`` while every server is
@@ -128,6 +164,11 @@ class Pool:
         self.continuum.rebuild(i for i, s in enumerate(self.servers) if s not in self.ejected)
 
 
+def _continuum(config: PoolConfig) -> Continuum:
+    return Continuum(config.servers, hash=config.hash, distribution=config.distribution,
+                     hash_tag=config.hash_tag)
+
+
 class Pools:
     """The pools of one worker loop, by name, built on first use."""
 
@@ -138,7 +179,18 @@ class Pools:
         self.by_name: dict[str, Pool] = {}
 
     def get(self, config: PoolConfig) -> Pool:
+        """The pool named as ``config``, built or brought up to date with it."""
         pool = self.by_name.get(config.name)
         if pool is None:
             pool = self.by_name[config.name] = Pool(config, self.nursery)
+        elif pool.config is not config:
+            pool.reconfigure(config)
         return pool
+
+    def reconfigure(self, configs: Iterable[PoolConfig]) -> None:
+        """A reload: each pool of this loop takes its new config.  A pool no longer
+        configured keeps serving the clients it has (its listener is closed)."""
+        for config in configs:
+            pool = self.by_name.get(config.name)
+            if pool is not None:
+                pool.reconfigure(config)

@@ -5,7 +5,9 @@ worker thread, and each worker keeps its own connections to every backend (built
 use, see :mod:`.pool`).  The stats listener (:mod:`.stats_server`) runs in the main loop.
 
 Signals, as nutcracker 0.5.0 (each logged with its line): SIGHUP reopens the log file,
-SIGTTIN/SIGTTOU raise/lower the log level, SIGUSR1/SIGUSR2 are logged only (no reload yet).
+SIGTTIN/SIGTTOU raise/lower the log level, SIGUSR2 is logged only.  SIGUSR1, which
+nutcracker only logs, reloads the config (:func:`reload`, trio-mc's own; ``trio-mc proxy
+--reload`` sends it).
 SIGINT and SIGTERM stop the proxy cleanly: listeners close, every client and backend
 connection is closed, every worker thread is joined.  SIGINT then exits 1, as nutcracker
 does; SIGTERM (which nutcracker does not catch: it dies of it, silently) exits 0 with a log
@@ -36,8 +38,10 @@ from trio_mc import __version__
 from trio_mc.net.acceptor import Acceptor, endpoint_for
 from trio_mc.net.conn import Conn, ConnCounters, ConnGroup
 from trio_mc.net.listen import bind_tcp, bind_unix
+from trio_mc.net.worker import Endpoint
 from trio_mc.proxy.client import ClientSession, open_client
 from trio_mc.proxy.config import ConfigError, PoolConfig, load
+from trio_mc.proxy.pool import Pools
 from trio_mc.proxy.stats_server import StatsConfig, StatsServer
 from trio_mc.settings import Settings
 from trio_mc.store.clock import Clock
@@ -108,11 +112,43 @@ class ProxyLog:
 
 
 @dataclass
+class Listener:
+    """A pool's listening sockets, and what they were bound with."""
+
+    config: PoolConfig
+    socks: list[socket.socket]
+    endpoints: list[tuple[trio.socket.SocketType, Endpoint]]
+
+    def same_address(self, config: PoolConfig) -> bool:
+        """Whether ``config`` listens exactly as these sockets do (so a reload keeps them)."""
+        old = self.config
+        return (config.listen, config.backlog, config.reuseport) == (old.listen, old.backlog, old.reuseport)
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        if self.config.listen.is_unix:
+            try:
+                os.unlink(self.config.listen.host)
+            except OSError:
+                pass
+
+
+@dataclass
 class ProxyState:
-    """What the proxy keeps across loops: its pools, counters and client connections."""
+    """What the proxy keeps across loops: its pools, counters and client connections.
+
+    ``configs`` maps each pool's name to its current config: the listeners' connection
+    factories read it, so a client accepted after a reload gets the new one.  It is only
+    ever assigned to key by key (no moment without an entry, whatever thread reads it).
+    """
 
     pools: list[PoolConfig]
     settings: Settings
+    conf: str | None = None  # the file a reload reads
+    configs: dict[str, PoolConfig] = field(default_factory=dict)
+    bound: dict[str, Listener] = field(default_factory=dict)  # by pool name
+    acceptor: Acceptor | None = None
     clock: Clock = field(default_factory=Clock)
     counters: list[ConnCounters] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -156,17 +192,83 @@ def connection_settings(verbose: int = 0) -> Settings:
     return settings
 
 
-def open_listener(config: PoolConfig) -> list[socket.socket]:
+def open_listener(state: ProxyState, config: PoolConfig) -> Listener:
     """Bind a pool's ``listen`` address (host:port, or a unix socket path [mode])."""
     listen = config.listen
     if listen.is_unix:
-        return [bind_unix(listen.host, listen.perm, backlog=config.backlog)]
-    return bind_tcp(listen.host, listen.port, backlog=config.backlog, reuseport=config.reuseport)
+        socks = [bind_unix(listen.host, listen.perm, backlog=config.backlog)]
+    else:
+        socks = bind_tcp(listen.host, listen.port, backlog=config.backlog, reuseport=config.reuseport)
+    factory = functools.partial(open_client, state.configs, config.name)
+    return Listener(config, socks, [endpoint_for(sock, factory) for sock in socks])
+
+
+def _count_listeners(state: ProxyState) -> None:
+    listeners = [state.bound[config.name] for config in state.pools]
+    state.listeners = sum(len(listener.socks) for listener in listeners)
+    state.addresses = [sock.getsockname() for listener in listeners for sock in listener.socks]
+
+
+def reload(state: ProxyState) -> bool:
+    """Re-read ``state.conf`` and apply it without dropping a client or a request: pools
+    keep their listeners when their address is unchanged, new addresses are bound, old
+    ones closed (their clients stay), and each loop's pools take the new servers (see
+    :mod:`.pool`).  A config that does not load, or an address that cannot be bound,
+    is refused as a whole: it is logged and the running config stays."""
+    assert state.conf is not None and state.acceptor is not None
+    try:
+        pools = load(state.conf)
+    except (ConfigError, OSError) as exc:
+        text = str(exc) if isinstance(exc, ConfigError) else f"cannot read {state.conf}: {exc.strerror}"
+        log.error("reload of %s refused, the running config stays: %s", state.conf, text)
+        return False
+    fresh: dict[str, Listener] = {}
+    try:
+        for config in pools:
+            old = state.bound.get(config.name)
+            if old is None or not old.same_address(config):
+                fresh[config.name] = open_listener(state, config)
+    except OSError as exc:
+        for listener in fresh.values():
+            listener.close()
+        log.error("reload of %s refused, the running config stays: failed to listen: %s",
+                  state.conf, exc)
+        return False
+    names = {config.name for config in pools}
+    for config in pools:
+        state.configs[config.name] = config
+    acceptor = state.acceptor
+    for name, listener in list(state.bound.items()):
+        if name not in names or name in fresh:
+            for tsock, _ in listener.endpoints:
+                acceptor.unlisten(tsock)
+            listener.close()
+            del state.bound[name]
+    for name, listener in fresh.items():
+        state.bound[name] = listener
+        for tsock, endpoint in listener.endpoints:
+            acceptor.listen(tsock, endpoint)
+    state.pools = pools
+    _count_listeners(state)
+    acceptor.call_in_loops(functools.partial(_reconfigure_loop, pools))
+    log.log(NOTICE, "reloaded %s: %d pools (%s)", state.conf, len(pools),
+            ", ".join(config.name for config in pools))
+    return True
+
+
+def _reconfigure_loop(pools: list[PoolConfig], group: ConnGroup) -> None:
+    """In each serving loop: its pools take the reloaded configs (a loop callback must
+    not raise, so a failure is logged and that loop keeps its old config)."""
+    if isinstance(group.context, Pools):
+        try:
+            group.context.reconfigure(pools)
+        except Exception:
+            log.exception("reload: a worker loop could not apply the new config")
 
 
 async def proxy(pools: Sequence[PoolConfig], *, threads: int = 1, verbose: int = 0,
                 handle_signals: bool = False, stats: StatsConfig | None = None,
-                proxy_log: ProxyLog | None = None,
+                proxy_log: ProxyLog | None = None, conf: str | None = None,
                 task_status: trio.TaskStatus[ProxyState] = trio.TASK_STATUS_IGNORED) -> None:
     """Proxy until cancelled or (``handle_signals``) SIGINT/SIGTERM.
 
@@ -177,49 +279,40 @@ async def proxy(pools: Sequence[PoolConfig], *, threads: int = 1, verbose: int =
       stats: where the stats listener binds (port 0: any; see ``state.stats_address``);
         ``None`` runs none.
       proxy_log: the log that SIGHUP reopens and SIGTTIN/SIGTTOU adjust.
+      conf: the config file SIGUSR1 reloads (:func:`reload`); ``None``: no reload.
       task_status: receives the :class:`ProxyState` once every pool accepts connections.
     """
-    state = ProxyState(list(pools), connection_settings(verbose))
-    socks: list[socket.socket] = []
+    state = ProxyState(list(pools), connection_settings(verbose), conf=conf,
+                       configs={config.name: config for config in pools})
     # Signals are caught before any port accepts, so that a signal sent as soon as the
     # proxy answers (SIGTTIN's default action would stop the process) is handled.
     with contextlib.ExitStack() as stack:
         signals = stack.enter_context(trio.open_signal_receiver(*WATCHED)) if handle_signals else None
-        await _proxy(state, socks, signals, threads, verbose, stats, proxy_log, task_status)
+        await _proxy(state, signals, threads, verbose, stats, proxy_log, task_status)
 
 
-async def _proxy(state: ProxyState, socks: list[socket.socket], signals: AsyncIterator[int] | None,
+async def _proxy(state: ProxyState, signals: AsyncIterator[int] | None,
                  threads: int, verbose: int, stats: StatsConfig | None, proxy_log: ProxyLog | None,
                  task_status: trio.TaskStatus[ProxyState]) -> None:
     """The body of :func:`proxy`, inside its signal receiver."""
-    pools = state.pools
     try:
-        listeners = []
-        for config in pools:
-            for sock in open_listener(config):
-                socks.append(sock)
-                listeners.append(endpoint_for(sock, functools.partial(open_client, config)))
-        state.listeners = len(socks)
-        state.addresses = [sock.getsockname() for sock in socks]
-        acceptor = Acceptor(threads, state.new_group, verbose=bool(verbose))
+        for config in state.pools:
+            state.bound[config.name] = open_listener(state, config)
+        _count_listeners(state)
+        acceptor = state.acceptor = Acceptor(threads, state.new_group, verbose=bool(verbose))
         state.groups = acceptor.groups
         async with trio.open_nursery() as nursery:
             if stats is not None:
                 state.stats_address = await nursery.start(StatsServer(state, stats).run)
-            await nursery.start(acceptor.run, listeners)
+            await nursery.start(acceptor.run, [endpoint for config in state.pools
+                                               for endpoint in state.bound[config.name].endpoints])
             task_status.started(state)
             if signals is not None:
                 await _watch_signals(state, signals, proxy_log)
                 nursery.cancel_scope.cancel()
     finally:
-        for sock in socks:
-            sock.close()
-        for config in pools:
-            if config.listen.is_unix:
-                try:
-                    os.unlink(config.listen.host)
-                except OSError:
-                    pass
+        for listener in state.bound.values():
+            listener.close()
 
 
 WATCHED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN, signal.SIGTTOU,
@@ -247,8 +340,27 @@ async def _watch_signals(state: ProxyState, signals: AsyncIterator[int],
             log.log(ALWAYS, "%s, down logging level", name)
             if proxy_log is not None:
                 proxy_log.down()
+        elif signum == signal.SIGUSR1 and state.conf is not None:
+            log.log(ALWAYS, "%s, reloading config", name)
+            reload(state)
         else:
             log.log(ALWAYS, "%s", name)
+
+
+def request_reload(pid_file: str) -> int:
+    """``trio-mc proxy --reload``: send SIGUSR1 to the proxy whose pid ``pid_file`` holds;
+    exit status 1 if there is none.  (It reloads the file it was started with.)"""
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+        os.kill(pid, signal.SIGUSR1)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "no process id in it"
+        print(f"trio-mc proxy: cannot signal the proxy of pid file '{pid_file}': {reason}",
+              file=sys.stderr)
+        return 1
+    print(f"trio-mc proxy: reload requested from pid {pid}")
+    return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +407,7 @@ def run(options: ProxyOptions) -> int:
         async with trio.open_nursery() as nursery:
             state: ProxyState = await nursery.start(functools.partial(
                 proxy, pools, threads=options.threads, stats=options.stats, proxy_log=proxy_log,
+                conf=options.conf,
                 handle_signals=threading.current_thread() is threading.main_thread()))
         return 1 if state.exit_signal == signal.SIGINT else 0
 

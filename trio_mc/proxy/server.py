@@ -14,6 +14,9 @@ a request not answered within the pool's ``timeout``) closes it and fails every 
 queued on it with the error's text, as twemproxy does; the next request opens a new
 connection.  Each such close is a failure of the server; with ``auto_eject_hosts`` the
 pool ejects a server after ``server_failure_limit`` failures in a row (see :mod:`.pool`).
+
+A reload that removes a server, or changes how its connections behave, *retires* them:
+they take no new request, answer every one already queued, then close (no failure).
 """
 
 from __future__ import annotations
@@ -85,7 +88,8 @@ async def connect(config: ServerConfig) -> SocketTransport:
 class ServerConn:
     """One connection to a backend, run by one task in its worker's loop."""
 
-    __slots__ = ("server", "imsg_q", "omsg_q", "reader", "closed", "_wake", "_timed")
+    __slots__ = ("server", "imsg_q", "omsg_q", "reader", "closed", "retiring", "_wake", "_timed",
+                 "_scope")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -93,8 +97,20 @@ class ServerConn:
         self.omsg_q: deque[Msg] = deque()
         self.reader = ResponseReader()
         self.closed = False
+        self.retiring = False  # see retire()
         self._wake = trio.Event()
         self._timed = trio.Event()  # set when the first timed request is queued
+        self._scope: trio.CancelScope | None = None  # the running connection's
+
+    def retire(self) -> None:
+        """Take no new request (the server forgets this connection); close once every
+        queued one is answered."""
+        self.retiring = True
+        self._close_if_retired()
+
+    def _close_if_retired(self) -> None:
+        if self.retiring and not self.imsg_q and not self.omsg_q and self._scope is not None:
+            self._scope.cancel()
 
     def enqueue(self, msg: Msg) -> None:
         """Queue a request for the sender (twemproxy's ``req_server_enqueue_imsgq``); its
@@ -117,6 +133,8 @@ class ServerConn:
         try:
             transport = await connect(server.config)
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                self._close_if_retired()
                 nursery.start_soon(self._send_loop, transport)
                 if server.timeout is not None:
                     nursery.start_soon(self._watch_deadlines)
@@ -195,6 +213,8 @@ class ServerConn:
                 stats.response_bytes += len(data)
                 self.server.health.server_ok(self.server)
             _wake_all(woken)
+            if self.retiring:
+                self._close_if_retired()
 
     def _fail_all(self, error: bytes) -> set[Owner]:
         """Fail every request queued on the connection, sent or not."""
@@ -253,7 +273,17 @@ class Server:
         return conns[self._next]
 
     def conn_closed(self, conn: ServerConn) -> None:
-        """A connection ended on an error: one failure of this server."""
+        """A connection ended on an error: one failure of this server (a retired one
+        ended because it was done)."""
+        if conn.retiring:
+            return
         if conn in self.conns:
             self.conns.remove(conn)
         self.health.server_failed(self)
+
+    def retire(self) -> None:
+        """A reload dropped this server or changed its settings: its connections finish
+        what they have and close; requests from now on open new ones."""
+        conns, self.conns = self.conns, []
+        for conn in conns:
+            conn.retire()

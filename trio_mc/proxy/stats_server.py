@@ -66,15 +66,24 @@ def aggregate(configs: Sequence[PoolConfig], groups: Sequence[ConnGroup]) -> lis
     for group in groups:
         for conn in list(group.conns):
             session = conn.session
-            if isinstance(session, ClientSession) and not session.closed:
+            if isinstance(session, ClientSession) and not session.closed \
+                    and session.pool.config.name in totals:
                 totals[session.pool.config.name].values["client_connections"] += 1
         pools = group.context
         if not isinstance(pools, Pools):
             continue  # no client has reached this loop yet
         for pool in list(pools.by_name.values()):
-            pool_totals = totals[pool.config.name]
+            # A pool or server a reload removed is no longer reported (nor one a loop has
+            # not taken yet: the reload reaches each loop soon after).
+            pool_totals = totals.get(pool.config.name)
+            if pool_totals is None:
+                continue
             pool_totals.add(pool.stats)
-            for server, server_totals in zip(pool.servers, pool_totals.servers, strict=True):
+            by_name = {server_totals.name: server_totals for server_totals in pool_totals.servers}
+            for server in list(pool.servers):
+                server_totals = by_name.get(server.config.name)
+                if server_totals is None:
+                    continue
                 server_totals.add(server.stats)
                 values = server_totals.values
                 server_conns = list(server.conns)
