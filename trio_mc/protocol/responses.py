@@ -62,6 +62,7 @@ LINE_LIMIT = 2048
 VALUE_LIMIT = 1024 * 1024 * 1024
 
 _CRLF = b"\r\n"
+_END = replies.END
 
 
 @dataclass(slots=True)
@@ -276,6 +277,12 @@ class ResponseReader:
                     self._spans.append((self._have + pos - start, self._have + block_end - start))
                     pos = block_end
                     header = _VALUE_HEADER(buf, pos)
+                if buf.startswith(_END, pos):
+                    pos += len(_END)
+                    out.append(self._complete(buf, start, pos, b"END") if self._spans or self._parts
+                               else Response(RETRIEVAL, b"END", replies.END))
+                    self._kind = 0
+                    continue
                 if pos == end_of_buf:
                     break
             nl = buf.find(b"\n", pos)
