@@ -33,7 +33,7 @@ from trio_mc.protocol import replies
 from trio_mc.protocol import requests as rq
 from trio_mc.protocol.responses import ARITH, DELETE, META, QUIET, RETRIEVAL, STORAGE, TOUCH, VERSION
 from trio_mc.proxy.config import PoolConfig
-from trio_mc.proxy.msg import Msg, Piece, local, multiget
+from trio_mc.proxy.msg import Fragment, Msg, MultiGet, Piece, local
 from trio_mc.proxy.pool import VERSION_KEY, Pool, Pools
 from trio_mc.proxy.server import REFUSED
 
@@ -97,8 +97,8 @@ class ClientSession:
             key_frags.append(index)
         if len(frag_keys) == 1:  # all on one server: the same
             return self.forward(keys[0], [rq.retrieval(keys, with_cas, exptime)], RETRIEVAL)
-        frags = [Msg(None, [rq.retrieval(part, with_cas, exptime)], RETRIEVAL) for part in frag_keys]
-        parent = multiget(self, frags, key_frags)
+        frags = [Fragment([rq.retrieval(part, with_cas, exptime)]) for part in frag_keys]
+        parent = MultiGet(self, frags, key_frags)
         for server, index in by_server.items():
             pool.servers[server].conn().enqueue(frags[index])
         self.omsg_q.append(parent)

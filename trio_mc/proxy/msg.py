@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from trio_mc.protocol import replies
-from trio_mc.protocol.responses import ERRORS, QUIET, Response
+from trio_mc.protocol.responses import ERRORS, QUIET, RETRIEVAL, Response
 
 Piece = bytes | memoryview
 
@@ -39,10 +39,10 @@ class Msg:
     (:mod:`trio_mc.protocol.responses`); ``reply`` holds the bytes for the client once the
     msg is done (a local reply is done at once); ``error`` is the errno text of a failed
     forward (``b"Connection refused"``), answered as twemproxy's ``SERVER_ERROR <text>``.
+    A multi-get split over servers is a :class:`MultiGet` of :class:`Fragment` msgs.
     """
 
-    __slots__ = ("owner", "request", "kind", "done", "reply", "error", "parent", "frags",
-                 "nfrag_done", "key_frags", "response", "deadline")
+    __slots__ = ("owner", "request", "kind", "done", "reply", "error", "parent", "deadline")
 
     def __init__(self, owner: Owner | None, request: list[Piece], kind: int) -> None:
         self.owner = owner  # None: noreply, nobody waits for the response
@@ -51,18 +51,11 @@ class Msg:
         self.done = False
         self.reply: Piece = b""
         self.error: bytes | None = None
-        self.parent: Msg | None = None  # for a fragment: the multi-get it belongs to
-        self.frags: list[Msg] | None = None  # for a multi-get: one fragment per server
-        self.nfrag_done = 0
-        self.key_frags: list[int] = []  # for a multi-get: the fragment of each key, in order
-        self.response: Response | None = None  # a fragment's response, kept for the merge
+        self.parent: MultiGet | None = None  # set on a Fragment: the multi-get it belongs to
         self.deadline = 0.0  # with a pool timeout: when the reply must have arrived
 
     def complete(self, response: Response) -> Owner | None:
         """The backend answered; returns the owner to wake (``None``: nothing to do yet)."""
-        if self.parent is not None:
-            self.response = response
-            return self.parent._fragment_done()
         # A quiet meta command was fenced with mn: its reply is what came before the MN.
         self.reply = response.raw if self.kind != QUIET else memoryview(response.raw)[:-4]
         self.done = True
@@ -70,17 +63,59 @@ class Msg:
 
     def fail(self, error: bytes) -> Owner | None:
         """The forward failed (connection refused, reset, timed out, bad response)."""
-        if self.parent is not None:
-            if self.error is None:
-                self.error = error
-            return self.parent._fragment_done()
         self.error = error
         self.done = True
         return self.owner
 
-    def _fragment_done(self) -> Owner | None:
+    @property
+    def failed(self) -> bool:
+        """Whether the reply is one the proxy makes up (``SERVER_ERROR``)."""
+        return self.error is not None
+
+    def render(self) -> Piece:
+        """The bytes a done msg answers its client."""
+        if self.error is not None:
+            return replies.server_error(self.error)
+        return self.reply
+
+
+class Fragment(Msg):
+    """The part of a multi-get sent to one server: its response is kept for the merge."""
+
+    __slots__ = ("response",)
+
+    def __init__(self, request: list[Piece]) -> None:
+        super().__init__(None, request, RETRIEVAL)
+        self.response: Response | None = None
+
+    def complete(self, response: Response) -> Owner | None:
+        self.response = response
+        assert self.parent is not None
+        return self.parent.fragment_done()
+
+    def fail(self, error: bytes) -> Owner | None:
+        if self.error is None:
+            self.error = error
+        assert self.parent is not None
+        return self.parent.fragment_done()
+
+
+class MultiGet(Msg):
+    """A multi-key get split over several servers (twemproxy's ``frag_owner``): done when
+    every fragment is, answered by merging them."""
+
+    __slots__ = ("frags", "key_frags", "nfrag_done")
+
+    def __init__(self, owner: Owner, frags: list[Fragment], key_frags: list[int]) -> None:
+        super().__init__(owner, [], 0)
+        self.frags = frags
+        self.key_frags = key_frags  # the fragment of each key, in request order
+        self.nfrag_done = 0
+        for frag in frags:
+            frag.parent = self
+
+    def fragment_done(self) -> Owner | None:
         self.nfrag_done += 1
-        assert self.frags is not None
         if self.nfrag_done < len(self.frags):
             return None
         self.done = True
@@ -88,23 +123,11 @@ class Msg:
 
     @property
     def failed(self) -> bool:
-        """Whether the reply is one the proxy makes up (``SERVER_ERROR``)."""
-        if self.frags is not None:
-            return any(frag.error is not None for frag in self.frags)
-        return self.error is not None
+        return any(frag.error is not None for frag in self.frags)
 
-    def render(self) -> Piece:
-        """The bytes a done msg answers its client."""
-        if self.frags is not None:
-            return self._merge()
-        if self.error is not None:
-            return replies.server_error(self.error)
-        return self.reply
-
-    def _merge(self) -> bytes:
+    def render(self) -> bytes:
         """twemproxy's multi-get merge: for each key in request order, the next value not
         yet taken from its server's reply, then one END.  A failed fragment fails all."""
-        assert self.frags is not None
         for frag in self.frags:
             if frag.error is not None:
                 return replies.server_error(frag.error)
@@ -132,14 +155,4 @@ def local(owner: Owner, reply: bytes) -> Msg:
     msg = Msg(owner, [], 0)
     msg.reply = reply
     msg.done = True
-    return msg
-
-
-def multiget(owner: Owner, frags: list[Msg], key_frags: list[int]) -> Msg:
-    """The parent of a multi-key get split over several servers."""
-    msg = Msg(owner, [], 0)
-    msg.frags = frags
-    msg.key_frags = key_frags
-    for frag in frags:
-        frag.parent = msg
     return msg
