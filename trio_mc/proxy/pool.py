@@ -101,6 +101,8 @@ class Pool:
 
     def conn_for(self, key: bytes) -> ServerConn | None:
         """The connection a request for ``key`` is queued on (``None``: see index_for)."""
+        if self.continuum.only is not None and not self.ejected:
+            return self.servers[0].conn()
         index = self.index_for(key)
         return None if index is None else self.servers[index].conn()
 

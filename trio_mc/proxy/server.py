@@ -114,10 +114,8 @@ class ServerConn:
 
     def enqueue(self, msg: Msg) -> None:
         """Queue a request for the sender (twemproxy's ``req_server_enqueue_imsgq``); its
-        timeout, if the pool has one, runs from now."""
-        stats = self.server.stats
-        stats.requests += 1
-        stats.request_bytes += sum(map(len, msg.request))
+        timeout, if the pool has one, runs from now.  (It is counted in ``requests`` when
+        its batch is sent, or when it fails unsent: per batch, not per request.)"""
         timeout = self.server.timeout
         if timeout is not None and (msg.owner is not None or msg.parent is not None):
             msg.deadline = trio.current_time() + timeout
@@ -189,7 +187,11 @@ class ServerConn:
                 if msg.owner is not None or msg.parent is not None:  # noreply is not tracked
                     reader.expect(msg.kind)
                     omsg_q.append(msg)
-            await transport.send_pieces(pieces, sum(map(len, pieces)))
+            total = sum(map(len, pieces))
+            stats = self.server.stats
+            stats.requests += len(batch)
+            stats.request_bytes += total
+            await transport.send_pieces(pieces, total)
 
     async def _receive_loop(self, transport: SocketTransport) -> None:
         reader = self.reader
@@ -219,6 +221,9 @@ class ServerConn:
     def _fail_all(self, error: bytes) -> set[Owner]:
         """Fail every request queued on the connection, sent or not."""
         woken: set[Owner] = set()
+        stats = self.server.stats
+        stats.requests += len(self.imsg_q)
+        stats.request_bytes += sum(sum(map(len, msg.request)) for msg in self.imsg_q)
         for queue in (self.omsg_q, self.imsg_q):
             while queue:
                 owner = queue.popleft().fail(error)
