@@ -286,15 +286,23 @@ async def proxy(pools: Sequence[PoolConfig], *, threads: int = 1, verbose: int =
                        configs={config.name: config for config in pools})
     # Signals are caught before any port accepts, so that a signal sent as soon as the
     # proxy answers (SIGTTIN's default action would stop the process) is handled.
+    # The watcher outlives the proxy's shutdown: a signal that comes while it shuts down is
+    # taken too (leaving the receiver with one pending would re-deliver it, and a second
+    # SIGTERM would kill the process instead of letting it exit cleanly).
     with contextlib.ExitStack() as stack:
         signals = stack.enter_context(trio.open_signal_receiver(*WATCHED)) if handle_signals else None
-        await _proxy(state, signals, threads, verbose, stats, proxy_log, task_status)
+        async with trio.open_nursery() as outer:
+            serving = trio.CancelScope()
+            if signals is not None:
+                outer.start_soon(_watch_signals, state, signals, proxy_log, serving)
+            with serving:
+                await _proxy(state, threads, verbose, stats, task_status)
+            outer.cancel_scope.cancel()
 
 
-async def _proxy(state: ProxyState, signals: AsyncIterator[int] | None,
-                 threads: int, verbose: int, stats: StatsConfig | None, proxy_log: ProxyLog | None,
+async def _proxy(state: ProxyState, threads: int, verbose: int, stats: StatsConfig | None,
                  task_status: trio.TaskStatus[ProxyState]) -> None:
-    """The body of :func:`proxy`, inside its signal receiver."""
+    """The body of :func:`proxy`: listeners, stats and acceptor, until cancelled."""
     try:
         for config in state.pools:
             state.bound[config.name] = open_listener(state, config)
@@ -307,9 +315,6 @@ async def _proxy(state: ProxyState, signals: AsyncIterator[int] | None,
             await nursery.start(acceptor.run, [endpoint for config in state.pools
                                                for endpoint in state.bound[config.name].endpoints])
             task_status.started(state)
-            if signals is not None:
-                await _watch_signals(state, signals, proxy_log)
-                nursery.cancel_scope.cancel()
     finally:
         for listener in state.bound.values():
             listener.close()
@@ -320,14 +325,17 @@ WATCHED = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN, signal.
 
 
 async def _watch_signals(state: ProxyState, signals: AsyncIterator[int],
-                         proxy_log: ProxyLog | None) -> None:
-    """nutcracker's signal handling (see the module docstring); returns on SIGINT/SIGTERM."""
+                         proxy_log: ProxyLog | None, serving: trio.CancelScope) -> None:
+    """nutcracker's signal handling (see the module docstring): SIGINT/SIGTERM cancel
+    ``serving``; the watcher runs until cancelled itself."""
     async for signum in signals:
         name = f"signal {signum} ({signal.Signals(signum).name}) received"
         if signum in (signal.SIGINT, signal.SIGTERM):
-            log.log(ALWAYS, "%s, exiting", name)
-            state.exit_signal = signum
-            return
+            if state.exit_signal is None:
+                log.log(ALWAYS, "%s, exiting", name)
+                state.exit_signal = signum
+                serving.cancel()
+            continue
         if signum == signal.SIGHUP:
             log.log(ALWAYS, "%s, reopening log file", name)
             if proxy_log is not None:
@@ -409,6 +417,10 @@ def run(options: ProxyOptions) -> int:
                 proxy, pools, threads=options.threads, stats=options.stats, proxy_log=proxy_log,
                 conf=options.conf,
                 handle_signals=threading.current_thread() is threading.main_thread()))
+        # Stopped: a SIGINT or SIGTERM from now on would only interrupt the last clean-up.
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
         return 1 if state.exit_signal == signal.SIGINT else 0
 
     try:
