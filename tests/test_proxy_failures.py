@@ -9,11 +9,13 @@ trio-mc with real memcached backends (killed or stopped) and compare what client
 
 from __future__ import annotations
 
+import collections
 import shutil
 import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -438,3 +440,86 @@ def test_failure_replies_match_nutcracker(tmp_path: Path) -> None:
     trio_mc = _failure_transcript(tmp_path, lambda conf, stats: [
         sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), "-s", str(stats)])
     assert trio_mc == nutcracker
+
+
+def test_backend_paused_killed_and_restarted_under_load(tmp_path: Path) -> None:
+    """Four clients pipeline sets and gets without pause while their only backend is
+    paused past the pool's timeout, resumed, killed and restarted on its port: every
+    request gets a reply (a value, ``END``, ``STORED`` or twemproxy's ``SERVER_ERROR``
+    for the failure), no client hangs or is dropped, and service comes back."""
+    mc = start_memcached()
+    listen = free_port()
+    conf = tmp_path / "pool.toml"
+    conf.write_text(f'[alpha]\nlisten = "127.0.0.1:{listen}"\ntimeout = 300\n'
+                    f'servers = ["127.0.0.1:{mc.port}:1"]\n')
+    cmd = [sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), "-s", str(free_port()), "-T", "2"]
+    stop = threading.Event()
+    seen: list[collections.Counter[bytes]] = [collections.Counter() for _ in range(4)]
+    last: list[bytes] = [b""] * 4
+    errors: list[BaseException] = []
+    ok = {b"STORED\r\n", b"END\r\n"}
+    failures = {b"SERVER_ERROR Connection timed out\r\n", b"SERVER_ERROR Connection refused\r\n",
+                b"SERVER_ERROR Connection reset by peer\r\n", b"SERVER_ERROR unknown\r\n"}
+
+    def client(index: int) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", listen), timeout=5) as sock:
+                buffer = b""
+                for n in range(1_000_000):
+                    if stop.is_set():
+                        return
+                    sock.sendall(b"set c%d 0 0 1\r\nv\r\nget c%d\r\n" % (index, index))
+                    for _ in range(2):
+                        while b"\r\n" not in buffer:
+                            data = sock.recv(65536)
+                            assert data, "the proxy closed the client"
+                            buffer += data
+                        line, buffer = buffer.split(b"\r\n", 1)
+                        reply = line + b"\r\n"
+                        if line.startswith(b"VALUE "):  # a hit: its data line and END follow
+                            while buffer.count(b"\r\n") < 2:
+                                data = sock.recv(65536)
+                                assert data, "the proxy closed the client"
+                                buffer += data
+                            value, end, buffer = buffer.split(b"\r\n", 2)
+                            assert (value, end) == (b"v", b"END"), (value, end)
+                            reply = b"VALUE\r\n"
+                        assert reply in ok | failures | {b"VALUE\r\n"}, reply
+                        seen[index][reply] += 1
+                        last[index] = reply
+        except BaseException as exc:  # noqa: BLE001 (reported by the test)
+            errors.append(exc)
+
+    with ServerProcess(cmd, listen, cwd=REPO_ROOT, name="trio-mc-proxy") as px:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        restarted: ServerProcess | None = None
+        try:
+            for thread in threads:
+                thread.start()
+            time.sleep(0.3)
+            assert mc.proc is not None
+            mc.proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.8)
+            mc.proc.send_signal(signal.SIGCONT)
+            time.sleep(0.3)
+            mc.proc.kill()
+            mc.proc.wait(5)
+            time.sleep(0.3)
+            restarted = ServerProcess(mc.cmd, mc.port, name="memcached").start()
+            time.sleep(0.8)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+            if mc.proc.poll() is None:
+                mc.proc.send_signal(signal.SIGCONT)
+            mc.close()
+            if restarted is not None:
+                restarted.close()
+        assert not errors, errors
+        assert px.proc is not None and px.proc.poll() is None, px.output()
+    total: collections.Counter[bytes] = sum(seen, collections.Counter())
+    assert total[b"STORED\r\n"] and total[b"VALUE\r\n"], total
+    assert total[b"SERVER_ERROR Connection timed out\r\n"], total  # the pause
+    assert total[b"SERVER_ERROR Connection refused\r\n"], total  # killed, before the restart
+    assert all(reply in ok | {b"VALUE\r\n"} for reply in last), (last, total)  # back in service
