@@ -26,7 +26,7 @@ import pytest
 import trio
 import trio.testing
 from helpers import InLoopProxy, proxy_in_loop
-from procs import REPO_ROOT, ServerProcess, ask, free_port, start_memcached
+from procs import REPO_ROOT, ServerProcess, ask, free_port, read_quiet, start_memcached
 
 from trio_mc.proxy.config import ListenConfig, PoolConfig, load, parse_server
 from trio_mc.proxy.distribution import Continuum
@@ -523,3 +523,158 @@ def test_backend_paused_killed_and_restarted_under_load(tmp_path: Path) -> None:
     assert total[b"SERVER_ERROR Connection timed out\r\n"], total  # the pause
     assert total[b"SERVER_ERROR Connection refused\r\n"], total  # killed, before the restart
     assert all(reply in ok | {b"VALUE\r\n"} for reply in last), (last, total)  # back in service
+
+
+class _FaultyBackend:
+    """A backend on 127.0.0.1, in a thread, that answers the first request of each
+    connection with a fault: ``close`` (FIN), ``reset`` (RST), ``garbage`` (a line no
+    memcached sends), ``stray`` (two replies to one request), ``error`` (memcached's own
+    SERVER_ERROR, to every request of the connection), or these bytes (a reply of some
+    other command)."""
+
+    def __init__(self, fault: str | bytes) -> None:
+        self.fault = fault
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conns: list[socket.socket] = []
+        try:
+            while not self.stop.is_set():
+                try:
+                    conn, _ = self.listener.accept()
+                except TimeoutError:
+                    continue
+                conns.append(conn)
+                conn.settimeout(5)
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        finally:
+            for conn in conns:
+                conn.close()
+            self.listener.close()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            buffer = self._request(conn, b"")
+            if isinstance(self.fault, bytes):
+                conn.sendall(self.fault)
+            elif self.fault == "close":
+                conn.shutdown(socket.SHUT_RDWR)
+            elif self.fault == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            elif self.fault == "garbage":
+                conn.sendall(b"BOGUS REPLY\r\n")
+            elif self.fault == "stray":
+                conn.sendall(b"END\r\nEND\r\n")
+            else:  # error: every request of the connection
+                while buffer:
+                    line, _, buffer = buffer.partition(b"\r\n")
+                    if line.startswith(b"set "):
+                        buffer = buffer.partition(b"\r\n")[2]  # its data line
+                    conn.sendall(b"SERVER_ERROR out of memory storing object\r\n")
+                    buffer = self._request(conn, buffer)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _request(conn: socket.socket, buffer: bytes) -> bytes:
+        """Read until ``buffer`` holds a whole request (a set: its line and data line);
+        ``b""`` when the proxy closes first."""
+        while buffer.count(b"\r\n") < (2 if buffer.startswith(b"set ") else 1):
+            data = conn.recv(65536)
+            if not data:
+                return b""
+            buffer += data
+        return buffer
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def _pools_yaml(backends: list[_FaultyBackend], listens: list[int]) -> str:
+    """One pool per backend (``p0``, ``p1``...), each on its own port."""
+    return "".join(f"p{i}:\n  listen: 127.0.0.1:{listen}\n  servers:\n   - 127.0.0.1:{backend.port}:1\n"
+                   for i, (backend, listen) in enumerate(zip(backends, listens, strict=True)))
+
+
+def _transcripts(faults: list[str | bytes], session: Callable[[int, int], list[bytes]],
+                 proxy_cmd: Callable[[Path, int], list[str]], tmp_path: Path) -> list[list[bytes]]:
+    """Through one proxy process with a pool per fault (its backend answers with that
+    fault), ``session(index, port)`` for each pool in turn; the proxy must survive."""
+    backends = [_FaultyBackend(fault) for fault in faults]
+    try:
+        listens = [free_port() for _ in faults]
+        conf = tmp_path / f"faults-{listens[0]}.yml"
+        conf.write_text(_pools_yaml(backends, listens))
+        with ServerProcess(proxy_cmd(conf, free_port()), listens[0], cwd=REPO_ROOT) as px:
+            out = [session(i, port) for i, port in enumerate(listens)]
+            assert px.proc is not None and px.proc.poll() is None, px.output()
+        return out
+    finally:
+        for backend in backends:
+            backend.close()
+
+
+def _nutcracker(conf: Path, stats: int) -> list[str]:
+    return [NUTCRACKER, "-c", str(conf), "-s", str(stats), "-a", "127.0.0.1"]
+
+
+def _trio_mc(conf: Path, stats: int) -> list[str]:
+    return [sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), "-s", str(stats)]
+
+
+FAULTS: list[str | bytes] = ["close", "reset", "garbage", "stray", "error"]
+
+
+def _fault_session(index: int, port: int) -> list[bytes]:
+    """A get, then a set, each on a fresh backend connection that the fault breaks."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        replies = [_ask(sock, b"get k\r\n")]
+        time.sleep(0.1)  # a stray second reply, if any, reaches the proxy
+        replies.append(_ask(sock, b"set k 0 0 1\r\nv\r\n"))
+        time.sleep(0.1)
+        replies.append(_ask(sock, b"get k\r\n"))
+    return replies
+
+
+def test_backend_faults_match_nutcracker(tmp_path: Path) -> None:
+    """Each way a backend can break a reply (FIN, RST, garbage, a stray reply, its own
+    SERVER_ERROR), through real nutcracker 0.5.0 and trio-mc: the same bytes."""
+    nutcracker = _transcripts(FAULTS, _fault_session, _nutcracker, tmp_path)
+    trio_mc = _transcripts(FAULTS, _fault_session, _trio_mc, tmp_path)
+    assert dict(zip(FAULTS, trio_mc, strict=True)) == dict(zip(FAULTS, nutcracker, strict=True))
+
+
+#: (request, what the backend answers): replies that belong to another command.
+SHAPES = [
+    (b"get k\r\n", b"STORED\r\n"),
+    (b"get k\r\n", b"5\r\n"),
+    (b"set k 0 0 1\r\nv\r\n", b"VALUE k 0 1\r\nv\r\nEND\r\n"),
+    (b"incr k 1\r\n", b"STORED\r\n"),
+    (b"delete k\r\n", b"VERSION 1.2\r\n"),
+    (b"version\r\n", b"END\r\n"),
+    (b"get a b\r\n", b"STORED\r\n"),  # a multi-get's fragment must be VALUE blocks and END
+    (b"get a b\r\n", b"SERVER_ERROR out of memory\r\n"),
+    (b"get k\r\n", b"VALUE k 0 1\r\nv\r\nVALUE j 0 1\r\nw\r\nEND\r\n"),
+]
+
+
+def _shape_session(index: int, port: int) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(SHAPES[index][0])
+        return [read_quiet(sock, 0.3)[0]]  # (nutcracker also closes after a failed multi-get)
+
+
+def test_replies_of_another_command_match_nutcracker(tmp_path: Path) -> None:
+    """twemproxy frames a backend's reply by its own shape, whatever the request was, and
+    forwards it; only a multi-get (one server or several) insists on VALUE blocks and END."""
+    replies: list[str | bytes] = [reply for _, reply in SHAPES]
+    nutcracker = _transcripts(replies, _shape_session, _nutcracker, tmp_path)
+    trio_mc = _transcripts(replies, _shape_session, _trio_mc, tmp_path)
+    assert dict(zip(SHAPES, trio_mc, strict=True)) == dict(zip(SHAPES, nutcracker, strict=True))

@@ -2,18 +2,22 @@
 
 Theory of operation
 -------------------
-A memcached reply does not say which request it answers, and its shape depends on that
-request: ``NOT_FOUND`` ends a delete, a lone number ends an incr, ``VALUE`` blocks run until
-``END``.  So the proxy tells the reader, in send order, what it expects back
-(:meth:`ResponseReader.expect`, one call per request that gets a reply), and
-:meth:`ResponseReader.feed` turns whatever one ``recv`` returned into every response now
-complete, in order.  No socket, no clock.
+A memcached reply does not say which request it answers.  twemproxy frames a text reply
+by its own shape whatever the request was (a ``STORED`` that answers a get reaches the
+client as it is; only a multi-get's fragments must be ``VALUE`` blocks and ``END``), and so
+does this reader: every text reply is one fixed word (``STORED``, ``END``...), a number,
+``VERSION <v>``, an error (``ERROR``, ``CLIENT_ERROR <msg>``, ``SERVER_ERROR <msg>``), or
+``VALUE`` blocks up to ``END``.  Meta replies (``HD``, ``VA <size>``...), which twemproxy
+never forwards, have a shape of their own, and a quiet meta request fenced with ``mn`` is
+answered by whatever comes before ``MN``.  So the proxy tells the reader, in send order,
+the kind of each reply it expects (:meth:`ResponseReader.expect`; text kinds are named by
+command, and retrievals take a fast path), and :meth:`ResponseReader.feed` turns whatever
+one ``recv`` returned into every response now complete, in order.  No socket, no clock.
 
 The reader has two input states, like a memcached connection: reading a ``\\r\\n``-terminated
 line (``conn_parse_cmd``) and reading a data block of known length (``conn_nread``, after a
 ``VALUE`` or meta ``VA`` line).  What a line may say is one table per kind (:data:`_FIXED`
-for the fixed words, :data:`_READERS` for the rest); errors (``ERROR``, ``CLIENT_ERROR <msg>``,
-``SERVER_ERROR <msg>``) may end any kind.
+for the fixed words, :data:`_READERS` for the rest).
 
 A :class:`Response` carries the exact bytes the backend sent (a proxy forwards them as is)
 and, for retrievals, where each ``VALUE`` block lies inside them, because a multi-get merge
@@ -117,10 +121,10 @@ def _error_line(line: bytes) -> _Line:
 
 
 def _value_line(line: bytes) -> _Line:
-    """``VALUE <key> <flags> <bytes> [<cas>]`` (retrieval; ``END`` is in the fixed table)."""
+    """``VALUE <key> <flags> <bytes> [<cas>]`` (``END`` is in the fixed table)."""
     tokens = line.split(b" ")
-    if len(tokens) not in (4, 5) or tokens[0] != b"VALUE":
-        return _error_line(line)
+    if len(tokens) not in (4, 5):
+        return None
     key, flags, nbytes = tokens[1], tokens[2], tokens[3]
     if not 0 < len(key) <= KEY_MAX_LENGTH or not flags.isdigit() or not nbytes.isdigit() \
             or (len(tokens) == 5 and not tokens[4].isdigit()):
@@ -137,16 +141,16 @@ _VALUE_HEADER = re.compile(rb"VALUE [^ \r\n]{1,%d} [0-9]{1,20} ([0-9]{1,20})(?: 
                            % KEY_MAX_LENGTH).match
 
 
-def _number_line(line: bytes) -> _Line:
-    """An incr/decr result: digits, which twemproxy also accepts followed by spaces."""
-    if line.rstrip(b" ").isdigit():
-        return NUMBER, -1
-    return _error_line(line)
-
-
-def _version_line(line: bytes) -> _Line:
+def _text_line(line: bytes) -> _Line:
+    """A text reply that is not a fixed word: ``VALUE`` (a block follows, the reply runs to
+    ``END``), ``VERSION <v>``, an incr/decr number (digits, which twemproxy also accepts
+    followed by spaces) or an error."""
+    if line.startswith(b"VALUE "):
+        return _value_line(line)
     if line.startswith(b"VERSION "):
         return b"VERSION", -1
+    if line.rstrip(b" ").isdigit():
+        return NUMBER, -1
     return _error_line(line)
 
 
@@ -173,25 +177,18 @@ def _fixed(*lines: bytes) -> dict[bytes, tuple[bytes, bytes]]:
     return {line[:-2]: (line[:-2], line) for line in (*lines, replies.ERROR)}
 
 
+_TEXT_KINDS = (STORAGE, RETRIEVAL, ARITH, DELETE, TOUCH, VERSION)
+_TEXT_FIXED = _fixed(replies.STORED, replies.NOT_STORED, replies.EXISTS, replies.NOT_FOUND,
+                     replies.DELETED, replies.TOUCHED, replies.END)
 # Kind -> the exact lines that end a reply on their own (the fast path: one dict lookup).
 _FIXED: dict[int, dict[bytes, tuple[bytes, bytes]]] = {
-    STORAGE: _fixed(replies.STORED, replies.NOT_STORED, replies.EXISTS, replies.NOT_FOUND),
-    RETRIEVAL: _fixed(replies.END),
-    ARITH: _fixed(replies.NOT_FOUND),
-    DELETE: _fixed(replies.DELETED, replies.NOT_FOUND),
-    TOUCH: _fixed(replies.TOUCHED, replies.NOT_FOUND),
-    VERSION: _fixed(),
+    **dict.fromkeys(_TEXT_KINDS, _TEXT_FIXED),
     META: _fixed(replies.MN, replies.EN, b"HD\r\n", b"NF\r\n", b"NS\r\n", b"EX\r\n"),
     QUIET: _fixed(replies.MN),
 }
 # Kind -> how any other line is read.
 _READERS: dict[int, Callable[[bytes], _Line]] = {
-    STORAGE: _error_line,
-    RETRIEVAL: _value_line,
-    ARITH: _number_line,
-    DELETE: _error_line,
-    TOUCH: _error_line,
-    VERSION: _version_line,
+    **dict.fromkeys(_TEXT_KINDS, _text_line),
     META: _meta_line,
     QUIET: _meta_line,
 }

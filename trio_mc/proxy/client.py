@@ -78,25 +78,28 @@ class ClientSession:
         return PAUSE if len(self.omsg_q) >= MAX_IN_FLIGHT else None
 
     def forward_multiget(self, keys: list[bytes], with_cas: bool, exptime: int | None) -> Effect:
-        """One fragment per server, in key order; merged as twemproxy merges them."""
+        """One fragment per server, in key order; merged as twemproxy merges them (also
+        with one fragment: its reply must then be VALUE blocks and END, as twemproxy's)."""
         pool = self.pool
-        if pool.only_index() is not None:  # one server: its reply is already the merged one
-            return self.forward(keys[0], [rq.retrieval(keys, with_cas, exptime)], RETRIEVAL)
-        by_server: dict[int, int] = {}  # server index -> fragment index
-        frag_keys: list[list[bytes]] = []
-        key_frags: list[int] = []
-        for key in keys:
-            server = pool.index_for(key)
-            if server is None:  # every server ejected
-                return self.forward(key, [], RETRIEVAL)
-            index = by_server.get(server)
-            if index is None:
-                index = by_server[server] = len(frag_keys)
-                frag_keys.append([])
-            frag_keys[index].append(key)
-            key_frags.append(index)
-        if len(frag_keys) == 1:  # all on one server: the same
-            return self.forward(keys[0], [rq.retrieval(keys, with_cas, exptime)], RETRIEVAL)
+        only = pool.only_index()
+        if only is not None:  # one server: one fragment, without a lookup per key
+            by_server = {only: 0}
+            frag_keys = [keys]
+            key_frags = [0] * len(keys)
+        else:
+            by_server = {}  # server index -> fragment index
+            frag_keys = []
+            key_frags = []
+            for key in keys:
+                server = pool.index_for(key)
+                if server is None:  # every server ejected
+                    return self.forward(key, [], RETRIEVAL)
+                index = by_server.get(server)
+                if index is None:
+                    index = by_server[server] = len(frag_keys)
+                    frag_keys.append([])
+                frag_keys[index].append(key)
+                key_frags.append(index)
         frags = [Fragment([rq.retrieval(part, with_cas, exptime)]) for part in frag_keys]
         parent = MultiGet(self, frags, key_frags)
         for server, index in by_server.items():

@@ -125,7 +125,7 @@ class MultiGet(Msg):
     def failed(self) -> bool:
         return any(frag.error is not None for frag in self.frags)
 
-    def render(self) -> bytes:
+    def render(self) -> Piece:
         """twemproxy's multi-get merge: for each key in request order, the next value not
         yet taken from its server's reply, then one END.  A failed fragment fails all."""
         for frag in self.frags:
@@ -135,6 +135,10 @@ class MultiGet(Msg):
             response = frag.response
             if response is None or response.status in ERRORS or not response.end:
                 return replies.server_error(_INVALID)
+        if len(self.frags) == 1:  # one server's reply is already in key order
+            response = self.frags[0].response
+            assert response is not None
+            return response.raw
         taken = [0] * len(self.frags)
         out: list[Piece] = []
         for index in self.key_frags:
