@@ -1,0 +1,209 @@
+"""The proxy's memory under clients that do not read and a backend that does not read.
+
+Issue 9's measurement, on real processes: a ``trio-mc proxy`` in front of a real memcached,
+its RSS (``VmRSS``) sampled while (a) 20 clients pipeline gets of 100 KB values and never
+read their replies, and (b) the backend is stopped (SIGSTOP) while clients keep writing
+100 KB sets, plain and ``noreply``.  Both stay within a bound derived from the proxy's
+documented constants (``trio_mc.proxy.client`` and ``trio_mc.proxy.server``), and in both a
+probe client sharing the same server connection is still served (a), or is served once the
+backend runs again (b).  An unbounded proxy holds every reply and every request: gigabytes
+within the few seconds a test runs, which is why each attack stops early past
+:data:`ABORT_GROWTH_KIB`.
+
+``bench/proxy_memory.py`` runs the same attacks against nutcracker 0.5.0 for comparison.
+"""
+
+from __future__ import annotations
+
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from procs import HOST, ServerProcess, ask, memcacheds, pool_toml, rss_kib, start_proxy
+
+VALUE = b"v" * (100 * 1000)
+SET = b"set k 0 0 %d\r\n%b\r\n" % (len(VALUE), VALUE)
+HIT = b"VALUE k 0 %d\r\n%b\r\nEND\r\n" % (len(VALUE), VALUE)
+GET = b"get k\r\n"
+
+CLIENTS = 20
+GETS_PER_CLIENT = 2000  # 2,000 x 100 KB = 200 MB of replies asked for per client
+ATTACK_SECONDS = 3.0
+SAMPLE_EVERY = 0.1  # seconds between VmRSS samples
+#: The attackers' receive buffer: Linux doubles it and clamps it to its minimum, so the
+#: kernel holds only a few KiB of unread replies per attacker.
+ATTACKER_RCVBUF = 4096
+#: Past this growth an attack stops at once: enough to fail, and it spares the machine's
+#: memory (an unbounded proxy takes gigabytes).
+ABORT_GROWTH_KIB = 1024 * 1024
+#: A request of the probe is answered within this, wall time, while the attack runs (a
+#: generous bound for a shared 2-core machine: the point is that it is answered at all,
+#: an unread client not stalling the server connection it shares with the probe).
+PROBE_BOUND = 2.0
+
+
+@dataclass
+class Attack:
+    """What one attack measured (KiB of RSS growth over the baseline, per sample)."""
+
+    growth_kib: list[int] = field(default_factory=list)
+    probe_seconds: list[float] = field(default_factory=list)
+    sent_bytes: int = 0  # what the attackers managed to write
+    aborted: bool = False
+
+    @property
+    def peak_mib(self) -> float:
+        return max(self.growth_kib, default=0) / 1024
+
+    def report(self) -> str:
+        return (f"RSS growth max {self.peak_mib:.1f} MiB (samples, MiB: "
+                f"{[round(g / 1024) for g in self.growth_kib[::5]]}), aborted={self.aborted}, "
+                f"{self.sent_bytes / 1e6:.1f} MB written by the clients, probe max "
+                f"{max(self.probe_seconds, default=0) * 1000:.0f} ms over {len(self.probe_seconds)}")
+
+
+@contextmanager
+def _sampling(pid: int, result: Attack, stop: Callable[[], None]) -> Iterator[threading.Event]:
+    """Sample the RSS of ``pid`` until the block ends; past the abort growth, ``stop()``."""
+    baseline = rss_kib(pid)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(SAMPLE_EVERY):
+            growth = rss_kib(pid) - baseline
+            result.growth_kib.append(growth)
+            if growth > ABORT_GROWTH_KIB:
+                result.aborted = True
+                stop()
+                done.set()
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield done
+    finally:
+        done.set()
+        sampler.join(timeout=5)
+
+
+def unread_gets(proxy: ServerProcess, probe: socket.socket) -> Attack:
+    """(a): ``CLIENTS`` clients each pipeline ``GETS_PER_CLIENT`` gets and read nothing,
+    while the probe gets the same key every 0.1 s."""
+    assert proxy.proc is not None
+    result = Attack()
+    attackers: list[socket.socket] = []
+    lock = threading.Lock()
+
+    def close_all() -> None:
+        with lock:
+            for s in attackers:
+                s.close()
+            attackers.clear()
+
+    try:
+        with _sampling(proxy.proc.pid, result, close_all) as done:
+            requests = GET * GETS_PER_CLIENT  # 14 KB: fits the proxy's receive buffer unread
+            for _ in range(CLIENTS):
+                with lock:
+                    if done.is_set():
+                        break
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    attackers.append(s)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ATTACKER_RCVBUF)
+                    s.settimeout(5)
+                    s.connect((HOST, proxy.port))
+                    s.sendall(requests)
+                    result.sent_bytes += len(requests)
+            deadline = time.monotonic() + ATTACK_SECONDS
+            while not done.is_set() and time.monotonic() < deadline:
+                start = time.monotonic()
+                assert ask(probe, GET, b"END\r\n") == HIT
+                result.probe_seconds.append(time.monotonic() - start)
+                time.sleep(0.1)
+    finally:
+        close_all()
+    return result
+
+
+def writes_to_stopped_backend(proxy: ServerProcess, backend: ServerProcess, noreply: bool) -> Attack:
+    """(b): the backend is stopped; ``CLIENTS`` clients write 100 KB sets (``noreply`` or
+    not) as fast as the proxy takes them, for ``ATTACK_SECONDS``, reading nothing."""
+    assert proxy.proc is not None and backend.proc is not None
+    result = Attack()
+    request = b"set k 0 0 %d%s\r\n%b\r\n" % (len(VALUE), b" noreply" if noreply else b"", VALUE)
+    stop = threading.Event()
+    writers = [socket.create_connection((HOST, proxy.port), timeout=5) for _ in range(CLIENTS)]
+    for s in writers:
+        s.setblocking(False)
+    backend.proc.send_signal(signal.SIGSTOP)
+    try:
+        with _sampling(proxy.proc.pid, result, stop.set) as done:
+            pending = {s: memoryview(request) for s in writers}
+            deadline = time.monotonic() + ATTACK_SECONDS
+            while not done.is_set() and not stop.is_set() and time.monotonic() < deadline:
+                _, writable, _ = select.select([], list(pending), [], 0.1)
+                for s in writable:
+                    try:
+                        sent = s.send(pending[s])
+                    except BlockingIOError:
+                        continue
+                    result.sent_bytes += sent
+                    rest = pending[s][sent:]
+                    pending[s] = rest if len(rest) else memoryview(request)
+    finally:
+        backend.proc.send_signal(signal.SIGCONT)
+        for s in writers:
+            s.close()
+    return result
+
+
+def _pool(backend: int) -> Callable[[int], str]:
+    return lambda port: pool_toml("alpha", f"{HOST}:{port}", [f"{HOST}:{backend}:1"])
+
+
+#: Allowed RSS growth under (a).  Per client the proxy holds at most OUTPUT_BOUND (1 MiB)
+#: of replies being written plus REPLY_BOUND (1 MiB) of replies in flight (its window of
+#: requests shrinks to REPLY_BOUND // reply size: 10 gets of 100 KB), plus one reply
+#: joined for a send: about 3 MiB, x 20 clients = 60 MiB; the server connection's reader
+#: holds one reply.  x 1.5 for allocator slack (pymalloc arenas, glibc's free lists).
+UNREAD_GROWTH_BOUND_KIB = 90 * 1024
+#: Allowed RSS growth under (b).  The server connection holds at most SERVER_QUEUE_BOUND
+#: (1 MiB) of requests not yet taken by the kernel, plus one request per client over it
+#: (100 KB x 20); requests the kernel took are not kept (their bytes are the kernel's); each
+#: client's parser holds at most one request being read (100 KB x 20).  About 5 MiB, and a
+#: few MiB of interpreter and allocator slack: 16 MiB.
+STOPPED_GROWTH_BOUND_KIB = 16 * 1024
+
+
+def test_clients_that_do_not_read_cost_bounded_memory(tmp_path: Path) -> None:
+    with memcacheds(1) as [mc], start_proxy(_pool(mc.port), tmp_path) as proxy, \
+            closing(socket.create_connection((HOST, proxy.port), timeout=10)) as probe:
+        assert ask(probe, SET) == b"STORED\r\n"
+        assert ask(probe, GET, b"END\r\n") == HIT  # buffers of this size exist once
+        result = unread_gets(proxy, probe)
+        assert ask(probe, b"version\r\n").startswith(b"VERSION ")
+    report = result.report()
+    print(report)
+    assert not result.aborted and max(result.growth_kib) <= UNREAD_GROWTH_BOUND_KIB, report
+    assert result.probe_seconds and max(result.probe_seconds) <= PROBE_BOUND, report
+
+
+@pytest.mark.parametrize("noreply", [False, True], ids=["set", "set-noreply"])
+def test_backend_that_does_not_read_costs_bounded_memory(tmp_path: Path, noreply: bool) -> None:
+    with memcacheds(1) as [mc], start_proxy(_pool(mc.port), tmp_path) as proxy:
+        with closing(socket.create_connection((HOST, proxy.port), timeout=10)) as probe:
+            assert ask(probe, SET) == b"STORED\r\n"  # the server connection is open
+            result = writes_to_stopped_backend(proxy, mc, noreply)
+            # Running again, the backend answers through the same proxy and connection.
+            assert ask(probe, GET, b"END\r\n") == HIT
+    report = result.report()
+    print(report)
+    assert result.sent_bytes > len(SET) * CLIENTS, report
+    assert not result.aborted and max(result.growth_kib) <= STOPPED_GROWTH_BOUND_KIB, report
