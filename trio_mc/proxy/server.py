@@ -131,8 +131,8 @@ class ServerConn:
             self._timed.set()
         self.imsg_q.append(msg)
         self._wake.set()
-        self.pending += size + MSG_COST
-        return self.pending >= SERVER_QUEUE_BOUND
+        pending = self.pending = self.pending + size + MSG_COST
+        return pending >= SERVER_QUEUE_BOUND
 
     @property
     def full(self) -> bool:
