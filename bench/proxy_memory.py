@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from procs import (  # noqa: E402
+from procs import (
     HOST,
     ServerProcess,
     ask,
@@ -31,7 +31,7 @@ from procs import (  # noqa: E402
     start_nutcracker,
     start_proxy,
 )
-from test_proxy_memory import GET, HIT, SET, Attack, unread_gets, writes_to_stopped_backend  # noqa: E402
+from test_proxy_memory import GET, HIT, SET, Attack, unread_gets, writes_to_stopped_backend
 
 Starter = Callable[[int, Path], ServerProcess]
 
@@ -63,7 +63,7 @@ def main() -> int:
         for name in ("unread-gets", "stopped-set", "stopped-noreply"):
             for proxy_name, start in (("trio-mc", trio_mc), ("nutcracker", nutcracker)):
                 result = attack(name, start, Path(directory))
-                probe = f"{max(result.probe_seconds) * 1000:.0f}" if result.probe_seconds else "–"
+                probe = f"{max(result.probe_seconds) * 1000:.0f}" if result.probe_seconds else "-"
                 print(f"| {name} | {proxy_name} | {result.peak_mib:.1f} | {result.aborted} | "
                       f"{result.sent_bytes / 1e6:.1f} | {probe} |", flush=True)
     return 0

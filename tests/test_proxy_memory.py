@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from procs import HOST, ServerProcess, ask, memcacheds, pool_toml, rss_kib, start_proxy
+from procs import HOST, Attackers, ServerProcess, ask, memcacheds, pool_toml, rss_kib, start_proxy
 
 VALUE = b"v" * (100 * 1000)
 SET = b"set k 0 0 %d\r\n%b\r\n" % (len(VALUE), VALUE)
@@ -37,9 +37,7 @@ CLIENTS = 20
 GETS_PER_CLIENT = 2000  # 2,000 x 100 KB = 200 MB of replies asked for per client
 ATTACK_SECONDS = 3.0
 SAMPLE_EVERY = 0.1  # seconds between VmRSS samples
-#: The attackers' receive buffer: Linux doubles it and clamps it to its minimum, so the
-#: kernel holds only a few KiB of unread replies per attacker.
-ATTACKER_RCVBUF = 4096
+ATTACKER_RCVBUF = 4096  # see procs.Attackers
 #: Past this growth an attack stops at once: enough to fail, and it spares the machine's
 #: memory (an unbounded proxy takes gigabytes).
 ABORT_GROWTH_KIB = 1024 * 1024
@@ -98,29 +96,14 @@ def unread_gets(proxy: ServerProcess, probe: socket.socket) -> Attack:
     while the probe gets the same key every 0.1 s."""
     assert proxy.proc is not None
     result = Attack()
-    attackers: list[socket.socket] = []
-    lock = threading.Lock()
-
-    def close_all() -> None:
-        with lock:
-            for s in attackers:
-                s.close()
-            attackers.clear()
-
+    attackers = Attackers(proxy.port, ATTACKER_RCVBUF)
     try:
-        with _sampling(proxy.proc.pid, result, close_all) as done:
+        with _sampling(proxy.proc.pid, result, attackers.close) as done:
             requests = GET * GETS_PER_CLIENT  # 14 KB: fits the proxy's receive buffer unread
             for _ in range(CLIENTS):
-                with lock:
-                    if done.is_set():
-                        break
-                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                    attackers.append(s)
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ATTACKER_RCVBUF)
-                    s.settimeout(5)
-                    s.connect((HOST, proxy.port))
-                    s.sendall(requests)
-                    result.sent_bytes += len(requests)
+                if not attackers.attack(requests):
+                    break
+                result.sent_bytes += len(requests)
             deadline = time.monotonic() + ATTACK_SECONDS
             while not done.is_set() and time.monotonic() < deadline:
                 start = time.monotonic()
@@ -128,7 +111,7 @@ def unread_gets(proxy: ServerProcess, probe: socket.socket) -> Attack:
                 result.probe_seconds.append(time.monotonic() - start)
                 time.sleep(0.1)
     finally:
-        close_all()
+        attackers.close()
     return result
 
 
