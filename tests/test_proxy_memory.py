@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import trio
 from procs import HOST, Attackers, ServerProcess, ask, memcacheds, pool_toml, rss_kib, start_proxy
+
+from trio_mc.net.conn import PAUSE, Effect
+from trio_mc.protocol.responses import RETRIEVAL, STORAGE, Response
+from trio_mc.proxy.client import INITIAL_WINDOW, REPLY_BOUND, ClientSession
+from trio_mc.proxy.config import load
+from trio_mc.proxy.pool import Pool
+from trio_mc.proxy.server import SERVER_QUEUE_BOUND
 
 VALUE = b"v" * (100 * 1000)
 SET = b"set k 0 0 %d\r\n%b\r\n" % (len(VALUE), VALUE)
@@ -195,3 +203,56 @@ def test_backend_that_does_not_read_costs_bounded_memory(tmp_path: Path, noreply
     print(report)
     assert result.sent_bytes > len(SET) * CLIENTS, report
     assert not result.aborted and max(result.growth_kib) <= STOPPED_GROWTH_BOUND_KIB, report
+
+
+# -- in memory: the window and the server connection's bound, step by step -----------------
+
+class _Sink:
+    """A client socket that takes everything at once."""
+
+    def send_nowait(self, data: bytes | memoryview) -> int:
+        return len(data)
+
+
+async def test_window_follows_reply_sizes_and_a_full_server_queue_pauses(tmp_path: Path) -> None:
+    """No checkpoint until the end: the backend connection (to a port nobody listens on)
+    has not run yet, so its msgs stay queued and this test completes them itself."""
+    conf = tmp_path / "pool.toml"
+    conf.write_text(pool_toml("alpha", f"{HOST}:1", [f"{HOST}:1:1"]))
+    [config] = load(conf)
+    async with trio.open_nursery() as nursery:
+        session = ClientSession(Pool(config, nursery), _Sink(), nursery)
+
+        def forward_gets(n: int) -> list[Effect]:
+            return [session.forward(b"k", [GET], RETRIEVAL) for _ in range(n)]
+
+        def answer_all(reply: bytes) -> None:
+            conn = session.pool.servers[0].conns[0]
+            for msg in conn.imsg_q:
+                msg.complete(Response(RETRIEVAL, b"END", reply))
+            conn.imsg_q.clear()
+            conn.pending = 0
+            session.wake()
+
+        assert forward_gets(INITIAL_WINDOW) == [None] * (INITIAL_WINDOW - 1) + [PAUSE]
+        answer_all(b"END\r\n")  # small replies: one more request in flight per reply
+        assert session.window == 2 * INITIAL_WINDOW
+        forward_gets(session.window)
+        answer_all(HIT)  # 100 KB replies: the window closes to what REPLY_BOUND holds
+        assert REPLY_BOUND // len(HIT) == 10 and session.window in (10, 11)
+        window = session.window
+        for _ in range(20):
+            forward_gets(1)
+            answer_all(b"END\r\n")
+        assert session.window == window + 20
+        # A server connection holding its bound of unsent requests pauses the client,
+        # noreply requests included.
+        big = [b"x" * (SERVER_QUEUE_BOUND // 4)]
+        effects = [session.forward(b"k", big, STORAGE, noreply=True) for _ in range(4)]
+        assert effects == [None, None, None, PAUSE]
+        conn = session.pool.servers[0].conns[0]
+        assert session.blocked is conn and conn.full
+        # The client waits until the queue drains or, here, the connection fails (refused).
+        with trio.fail_after(5):
+            await session.wait_room()
+        assert conn.closed and not conn.full and session.blocked is None
