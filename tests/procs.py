@@ -25,6 +25,9 @@ Small API, usable from any test module::
 * ``read_quiet(sock, quiet, limit)`` -- read until ``quiet`` seconds pass without
   a byte (at most ``limit``); returns the bytes and whether the peer closed.
 * ``rss_kib(pid)`` -- a process's resident set size (``VmRSS``), in KiB.
+* ``Attackers(port, rcvbuf)`` -- clients that send requests and never read the replies,
+  opened one by one (``attack(requests)``) and closed together (``close()``), from any
+  thread.
 * ``start_proxy(make_conf, directory, *extra)`` / ``start_nutcracker(make_conf,
   directory)`` -- ``trio-mc proxy -c FILE`` and ``nutcracker -c FILE`` on a pool
   config ``make_conf(port)`` returns (its first pool must listen on
@@ -49,6 +52,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,6 +64,7 @@ __all__ = [
     "MEMCACHED",
     "NUTCRACKER",
     "REPO_ROOT",
+    "Attackers",
     "ServerProcess",
     "ServerStartError",
     "ask",
@@ -338,6 +343,40 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+class Attackers:
+    """Clients that send requests and never read their replies: each has a receive buffer
+    of ``rcvbuf`` bytes (Linux doubles it and clamps it to its minimum), so the kernel holds
+    only a few KiB of unread replies and the server must hold or stop the rest."""
+
+    def __init__(self, port: int, rcvbuf: int) -> None:
+        self.port = port
+        self.rcvbuf = rcvbuf
+        self.socks: list[socket.socket] = []
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def attack(self, requests: bytes) -> bool:
+        """One more client connects and sends ``requests``; False once closed."""
+        with self._lock:
+            if self.closed:
+                return False
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            s.settimeout(5)
+            s.connect((HOST, self.port))
+            s.sendall(requests)
+            return True
+
+    def close(self) -> None:
+        """Close every client (the attack stops); later ``attack`` calls do nothing."""
+        with self._lock:
+            self.closed = True
+            for s in self.socks:
+                s.close()
+            self.socks.clear()
 
 
 def _conf_value(value: str | int | bool, toml: bool) -> str:

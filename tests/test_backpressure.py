@@ -25,7 +25,7 @@ import pytest
 import trio
 import trio.testing
 from helpers import ClientFactory
-from procs import HOST, ServerProcess, ask, rss_kib, start_memcached, start_trio_mc
+from procs import HOST, Attackers, ServerProcess, ask, rss_kib, start_memcached, start_trio_mc
 
 VALUE = b"v" * (100 * 1024)
 SET = b"set k 0 0 %d\r\n%b\r\n" % (len(VALUE), VALUE)
@@ -101,15 +101,8 @@ def _attack(server: ServerProcess, probe: socket.socket) -> AttackResult:
     pid = server.proc.pid
     result = AttackResult()
     baseline = rss_kib(pid)
-    attackers: list[socket.socket] = []
-    lock = threading.Lock()  # the sampler closes the attackers when it aborts
+    attackers = Attackers(server.port, ATTACKER_RCVBUF)  # the sampler closes them on abort
     done = threading.Event()
-
-    def close_attackers() -> None:
-        with lock:
-            for s in attackers:
-                s.close()
-            attackers.clear()
 
     def sample() -> None:
         while True:
@@ -117,7 +110,7 @@ def _attack(server: ServerProcess, probe: socket.socket) -> AttackResult:
             result.growth_kib.append(growth)
             if growth > ABORT_GROWTH_KIB:
                 result.aborted = True
-                close_attackers()
+                attackers.close()
                 done.set()
             if done.wait(SAMPLE_EVERY):
                 return
@@ -127,15 +120,8 @@ def _attack(server: ServerProcess, probe: socket.socket) -> AttackResult:
     sampler.start()
     try:
         for _ in range(ATTACKERS):
-            with lock:
-                if done.is_set():
-                    break
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                attackers.append(s)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, ATTACKER_RCVBUF)
-                s.settimeout(5)
-                s.connect((HOST, server.port))
-                s.sendall(requests)  # 14 KB: fits the server's receive buffer even unread
+            if not attackers.attack(requests):  # 14 KB: fits the server's receive buffer unread
+                break
         me = f"/proc/self/task/{threading.get_native_id()}/schedstat"
         deadline = time.monotonic() + ATTACK_SECONDS
         while not done.is_set() and time.monotonic() < deadline:
@@ -153,7 +139,7 @@ def _attack(server: ServerProcess, probe: socket.socket) -> AttackResult:
     finally:
         done.set()
         sampler.join(timeout=5)
-        close_attackers()
+        attackers.close()
     return result
 
 

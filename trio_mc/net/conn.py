@@ -299,6 +299,9 @@ class Conn:
                 # memcached yields each time -R requests are used up within one read.
                 tstats.conn_yields += (len(commands) - 1) // settings.reqs_per_event
                 await trio.lowlevel.checkpoint()
+            # Nothing of this read stays referenced while the client idles (a value of a
+            # set would live on in its command until the next read).
+            del data, commands, command, out
 
     async def _flush(self, out: Out, total: int) -> None:
         """Send a batch's replies (``conn_mwrite``); waits while the peer does not read."""

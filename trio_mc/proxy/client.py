@@ -8,10 +8,30 @@ answers itself (errors, ``mn``) are msgs done at once, so every reply keeps its 
 
 Replies leave in request order: whenever a msg completes, the client writes every done msg
 at the head of its queue, from whichever task completed it, with a non-blocking send; what
-the kernel does not take is flushed by a short-lived task that waits for the socket.  A
-client whose replies pile up (it pipelines and does not read) is not read any more until
-they drain: at most :data:`MAX_IN_FLIGHT` requests and :data:`OUTPUT_BOUND` bytes of
-replies wait per client, so the proxy's memory stays bounded whatever clients do.
+the kernel does not take is flushed by a short-lived task that waits for the socket.
+
+Memory per client is bounded, whatever it does, without ever stalling a server connection
+it shares with other clients (those are always read; see :mod:`.server`).  A client is not
+read (the :data:`~trio_mc.net.conn.PAUSE` effect, then :meth:`ClientSession.wait_room`)
+while any of these holds:
+
+* its *window* of requests forwarded and not yet answered is full.  The window opens by
+  one per reply up to :data:`MAX_IN_FLIGHT`, starting at :data:`INITIAL_WINDOW`, and closes
+  at once to ``REPLY_BOUND // size`` (at least 1) on a reply of ``size`` bytes, so the
+  replies a client has in flight stay near :data:`REPLY_BOUND` bytes: 10 gets of 100 KB
+  values, 128 of small ones.  Only the first window's replies are of unknown size;
+* :data:`OUTPUT_BOUND` bytes of its replies are not yet taken by the kernel (a client that
+  does not read: the replies of its window still arrive, and are held, so it holds at most
+  about OUTPUT_BOUND + REPLY_BOUND + one reply);
+* the server connection its last request went to holds its bound of requests the kernel
+  has not taken (a backend that does not read; ``noreply`` requests count there until
+  they are sent).
+
+The choice for a client that does not read: its in-flight requests are what bounds its held
+replies, so those are answered and held (dropping them would break the stream, stalling the
+server connection would stall every client on it), and it is sent nothing more.  A client
+that reads gets its window back one reply at a time.  What the window cannot bound is a
+single reply: a multi-get of many large values is held whole, as its request asked for it.
 
 Deliberate difference from twemproxy, which closes a client silently on a command it does
 not forward (losing the replies to earlier pipelined requests): trio-mc answers memcached's
@@ -35,10 +55,14 @@ from trio_mc.protocol.responses import ARITH, DELETE, META, QUIET, RETRIEVAL, ST
 from trio_mc.proxy.config import PoolConfig
 from trio_mc.proxy.msg import Fragment, Msg, MultiGet, Piece, local
 from trio_mc.proxy.pool import VERSION_KEY, Pool, Pools
-from trio_mc.proxy.server import REFUSED
+from trio_mc.proxy.server import REFUSED, ServerConn
 
-#: Requests of one client forwarded and not yet answered before it stops being read.
+#: The largest window: requests of one client forwarded and not yet answered.
 MAX_IN_FLIGHT = 128
+#: The window of a new client, whose replies' size is not known yet.
+INITIAL_WINDOW = 8
+#: Reply bytes a client's window is sized to have in flight (``window x reply size``).
+REPLY_BOUND = 1 << 20
 #: Reply bytes waiting for a client that does not read before it stops being read.
 OUTPUT_BOUND = 1 << 20
 
@@ -46,15 +70,17 @@ OUTPUT_BOUND = 1 << 20
 class ClientSession:
     """One client as the proxy's handlers see it: its pool and its ordered replies."""
 
-    __slots__ = ("pool", "transport", "omsg_q", "out", "out_bytes", "flushing", "closed",
-                 "nursery", "_room")
+    __slots__ = ("pool", "transport", "omsg_q", "window", "blocked", "out", "out_bytes",
+                 "flushing", "closed", "nursery", "_room")
 
     def __init__(self, pool: Pool, transport: Transport, nursery: trio.Nursery) -> None:
         self.pool = pool
         self.transport = transport
         self.omsg_q: deque[Msg] = deque()
+        self.window = INITIAL_WINDOW  # requests in flight before the client is paused
+        self.blocked: ServerConn | None = None  # a full server connection it waits for
         self.out: list[Piece] = []  # replies written but not yet taken by the kernel
-        self.out_bytes = 0
+        self.out_bytes = 0  # their bytes, and those of the batch _flush is sending
         self.flushing = False
         self.closed = False
         self.nursery = nursery
@@ -64,18 +90,25 @@ class ClientSession:
 
     def forward(self, key: bytes, request: list[Piece], kind: int, noreply: bool = False) -> Effect:
         """Send a request to the server that holds ``key``; its reply keeps its place.
-        Returns PAUSE once the client has :data:`MAX_IN_FLIGHT` requests unanswered."""
+        Returns PAUSE once the client's window is full or the server connection is."""
         msg = Msg(None if noreply else self, request, kind)
         conn = self.pool.conn_for(key)
-        if conn is not None:
-            conn.enqueue(msg)
-        if noreply:
-            return None
-        self.omsg_q.append(msg)
         if conn is None:  # every server ejected
+            if noreply:
+                return None
+            self.omsg_q.append(msg)
             msg.fail(REFUSED)
             self.wake()
-        return PAUSE if len(self.omsg_q) >= MAX_IN_FLIGHT else None
+        elif conn.enqueue(msg):
+            self.blocked = conn
+            if not noreply:
+                self.omsg_q.append(msg)
+            return PAUSE
+        elif noreply:
+            return None
+        else:
+            self.omsg_q.append(msg)
+        return PAUSE if len(self.omsg_q) >= self.window else None
 
     def forward_multiget(self, keys: list[bytes], with_cas: bool, exptime: int | None) -> Effect:
         """One fragment per server, in key order; merged as twemproxy merges them (also
@@ -103,15 +136,17 @@ class ClientSession:
         frags = [Fragment([rq.retrieval(part, with_cas, exptime)]) for part in frag_keys]
         parent = MultiGet(self, frags, key_frags)
         for server, index in by_server.items():
-            pool.servers[server].conn().enqueue(frags[index])
+            conn = pool.servers[server].conn()
+            if conn.enqueue(frags[index]):
+                self.blocked = conn
         self.omsg_q.append(parent)
-        return PAUSE if len(self.omsg_q) >= MAX_IN_FLIGHT else None
+        return PAUSE if len(self.omsg_q) >= self.window or self.blocked else None
 
     def answer(self, reply: bytes) -> Effect:
         """A reply of the proxy's own, after the replies to earlier requests."""
         self.omsg_q.append(local(self, reply))
         self.wake()
-        return PAUSE if len(self.omsg_q) >= MAX_IN_FLIGHT else None
+        return PAUSE if len(self.omsg_q) >= self.window else None
 
     # -- replies ----------------------------------------------------------------------------
 
@@ -121,13 +156,20 @@ class ClientSession:
             return
         queue = self.omsg_q
         out = self.out
+        window = self.window
         while queue and queue[0].done:
             msg = queue.popleft()
             if msg.failed:
                 self.pool.stats.forward_error += 1
             reply = msg.render()
             out.append(reply)
-            self.out_bytes += len(reply)
+            size = len(reply)
+            self.out_bytes += size
+            if size * window > REPLY_BOUND:
+                window = REPLY_BOUND // size or 1
+            elif window < MAX_IN_FLIGHT:
+                window += 1
+        self.window = window
         if out and not self.flushing:
             data = out[0] if len(out) == 1 else b"".join(out)
             try:
@@ -143,17 +185,20 @@ class ClientSession:
                 self.out_bytes = len(data) - sent
                 self.flushing = True
                 self.nursery.start_soon(self._flush)
-        if len(queue) < MAX_IN_FLIGHT and self.out_bytes < OUTPUT_BOUND:
+        if len(queue) < window and self.out_bytes < OUTPUT_BOUND:
             self._room.set()
 
     async def _flush(self) -> None:
-        """What the kernel did not take at once, as soon as the socket takes it."""
+        """What the kernel did not take at once, as soon as the socket takes it (pieces
+        handed to ``sendmsg`` as they are: no copy of a large reply is made)."""
         try:
             while self.out and not self.closed:
-                data = self.out[0] if len(self.out) == 1 else b"".join(self.out)
-                self.out.clear()
-                self.out_bytes = 0
-                await self.transport.send(data)
+                pieces, self.out = self.out, []
+                total = self.out_bytes
+                await self.transport.send_pieces(pieces, total)
+                del pieces  # sent: nothing holds the replies while the next batch waits
+                if not self.closed:
+                    self.out_bytes -= total
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             self.close()
         finally:
@@ -162,8 +207,16 @@ class ClientSession:
             self.wake()
 
     async def wait_room(self) -> None:
-        """Before each read: wait while too many replies are pending (backpressure)."""
-        while len(self.omsg_q) >= MAX_IN_FLIGHT or self.out_bytes >= OUTPUT_BOUND:
+        """Before each read: wait while the client may not add work (backpressure)."""
+        while True:
+            blocked = self.blocked
+            if blocked is not None:
+                if blocked.full:
+                    await blocked.drained()
+                    continue
+                self.blocked = None
+            if len(self.omsg_q) < self.window and self.out_bytes < OUTPUT_BOUND:
+                return
             self._room = trio.Event()
             await self._room.wait()
 

@@ -7,8 +7,8 @@ keeps its msgs in request order in its ``omsg_q`` and writes each reply when it 
 the head of the queue and is done.
 
 A msg owns no buffer of its own: its request is the list of pieces to send (the value of
-a set is the slice the parser made, never copied again), and its reply is the backend's
-response bytes as read.
+a set is the slice the parser made, never copied again), dropped as soon as the kernel has
+taken it, and its reply is the backend's response bytes as read.
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ class Msg:
     A multi-get split over servers is a :class:`MultiGet` of :class:`Fragment` msgs.
     """
 
-    __slots__ = ("owner", "request", "kind", "done", "reply", "error", "parent", "deadline")
+    __slots__ = ("owner", "request", "size", "kind", "done", "reply", "error", "parent", "deadline")
 
     def __init__(self, owner: Owner | None, request: list[Piece], kind: int) -> None:
         self.owner = owner  # None: noreply, nobody waits for the response
-        self.request = request
+        self.request = request  # emptied once sent: the kernel has the bytes
+        self.size = 0  # the request's bytes, counted when it is queued on a server connection
         self.kind = kind
         self.done = False
         self.reply: Piece = b""

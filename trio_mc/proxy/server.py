@@ -9,6 +9,18 @@ connection); its receiver reads replies, pairs each with the head of ``omsg_q`` 
 the clients whose head request is now done, so a reply goes out to its client from the
 receiving task itself, without another task hop.
 
+Memory: a server connection holds at most :data:`SERVER_QUEUE_BOUND` bytes of requests the
+kernel has not taken (``imsg_q`` and the batch being sent, each msg weighed
+:data:`MSG_COST` more for its objects, so a flood of small ``noreply`` requests counts too).
+:meth:`ServerConn.enqueue` says when a request fills it; the client then stops forwarding
+(it is not read) until :meth:`ServerConn.drained`, so a backend that stops reading costs a
+bounded queue however fast clients write.  A request handed to the kernel drops its pieces
+(a set's value is the kernel's from then on), and ``omsg_q`` holds at most the clients'
+in-flight windows.  Replies are always read, whatever the clients do: a client that does
+not read bounds itself (see :mod:`.client`), never the connection it shares with others.
+The reader holds one reply being read, whole (a multi-get's reply is as large as its
+values).
+
 Any error on a server connection (refused, reset, closed, a reply that cannot be framed,
 a request not answered within the pool's ``timeout``) closes it and fails every request
 queued on it with the error's text, as twemproxy does; the next request opens a new
@@ -42,6 +54,12 @@ INVALID = os.strerror(errno.EINVAL).encode()
 TIMED_OUT = os.strerror(errno.ETIMEDOUT).encode()
 #: What a request gets while every server of its pool is ejected (twemproxy's text).
 REFUSED = os.strerror(errno.ECONNREFUSED).encode()
+#: Request bytes (with :data:`MSG_COST` per msg) a server connection holds for the kernel
+#: before the clients that forward to it pause; each may add one request more.
+SERVER_QUEUE_BOUND = 1 << 20
+#: What a queued msg costs beyond its request bytes: its object, its pieces' list and
+#: headers (about 300 bytes, measured with tracemalloc for a ``delete k noreply``).
+MSG_COST = 320
 
 
 def error_text(exc: OSError) -> bytes:
@@ -88,8 +106,8 @@ async def connect(config: ServerConfig) -> SocketTransport:
 class ServerConn:
     """One connection to a backend, run by one task in its worker's loop."""
 
-    __slots__ = ("server", "imsg_q", "omsg_q", "reader", "closed", "retiring", "_wake", "_timed",
-                 "_scope")
+    __slots__ = ("server", "imsg_q", "omsg_q", "reader", "closed", "retiring", "pending", "_wake",
+                 "_timed", "_drained", "_scope")
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -98,8 +116,10 @@ class ServerConn:
         self.reader = ResponseReader()
         self.closed = False
         self.retiring = False  # see retire()
+        self.pending = 0  # bytes not yet taken by the kernel, MSG_COST per msg included
         self._wake = trio.Event()
         self._timed = trio.Event()  # set when the first timed request is queued
+        self._drained: trio.Event | None = None  # made by the first client that waits
         self._scope: trio.CancelScope | None = None  # the running connection's
 
     def retire(self) -> None:
@@ -112,16 +132,40 @@ class ServerConn:
         if self.retiring and not self.imsg_q and not self.omsg_q and self._scope is not None:
             self._scope.cancel()
 
-    def enqueue(self, msg: Msg) -> None:
+    def enqueue(self, msg: Msg) -> bool:
         """Queue a request for the sender (twemproxy's ``req_server_enqueue_imsgq``); its
-        timeout, if the pool has one, runs from now.  (It is counted in ``requests`` when
-        its batch is sent, or when it fails unsent: per batch, not per request.)"""
+        timeout, if the pool has one, runs from now.  True when the queue is now full: the
+        caller stops forwarding until :meth:`drained`."""
+        size = msg.size = sum(map(len, msg.request))
+        stats = self.server.stats
+        stats.requests += 1
+        stats.request_bytes += size
         timeout = self.server.timeout
         if timeout is not None and (msg.owner is not None or msg.parent is not None):
             msg.deadline = trio.current_time() + timeout
             self._timed.set()
         self.imsg_q.append(msg)
         self._wake.set()
+        pending = self.pending = self.pending + size + MSG_COST
+        return pending >= SERVER_QUEUE_BOUND
+
+    @property
+    def full(self) -> bool:
+        """Whether clients must wait before queueing more (a closed connection never is)."""
+        return self.pending >= SERVER_QUEUE_BOUND and not self.closed
+
+    async def drained(self) -> None:
+        """Wait until the kernel has taken enough that the queue is below its bound, or
+        the connection has closed."""
+        if self._drained is None:
+            self._drained = trio.Event()
+        await self._drained.wait()
+
+    def _release(self) -> None:
+        drained = self._drained
+        if drained is not None and not self.full:
+            self._drained = None
+            drained.set()
 
     async def run(self) -> None:
         """Connect, then send and receive until an error closes the connection."""
@@ -153,6 +197,7 @@ class ServerConn:
                 server.stats.server_err += 1
         finally:
             self.closed = True
+            self._release()
             server.conn_closed(self)
             _wake_all(self._fail_all(error))
             if transport is not None:
@@ -173,63 +218,73 @@ class ServerConn:
                 raise _Closed(TIMED_OUT)
 
     async def _send_loop(self, transport: SocketTransport) -> None:
-        reader = self.reader
-        omsg_q = self.omsg_q
         while True:
             if not self.imsg_q:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            batch, self.imsg_q = self.imsg_q, deque()
-            pieces: list[bytes | memoryview] = []
-            for msg in batch:
-                pieces += msg.request
-                if msg.owner is not None or msg.parent is not None:  # noreply is not tracked
-                    reader.expect(msg.kind)
-                    omsg_q.append(msg)
-            total = sum(map(len, pieces))
-            stats = self.server.stats
-            stats.requests += len(batch)
-            stats.request_bytes += total
-            await transport.send_pieces(pieces, total)
+            await self._send_batch(transport)
 
-    async def _receive_loop(self, transport: SocketTransport) -> None:
+    async def _send_batch(self, transport: SocketTransport) -> None:
+        """Everything queued, in one ``sendmsg`` where it fits (a method of its own so
+        that nothing of the batch stays referenced while the loop waits for more)."""
         reader = self.reader
         omsg_q = self.omsg_q
+        batch, self.imsg_q = self.imsg_q, deque()
+        pieces: list[bytes | memoryview] = []
+        for msg in batch:
+            pieces += msg.request
+            msg.request = _SENT
+            if msg.owner is not None or msg.parent is not None:  # noreply is not tracked
+                reader.expect(msg.kind)
+                omsg_q.append(msg)
+        total = sum(map(len, pieces))
+        await transport.send_pieces(pieces, total)
+        self.pending -= total + MSG_COST * len(batch)
+        self._release()
+
+    async def _receive_loop(self, transport: SocketTransport) -> None:
         while True:
             data = await transport.receive()
             if not data:
                 raise _Closed(UNKNOWN, eof=True)
-            woken: set[Owner] = set()
-            responses = reader.feed(data)
-            for response in responses:
-                if response.__class__ is BadResponse:
-                    _wake_all(woken)
-                    raise _Closed(INVALID)
-                owner = omsg_q.popleft().complete(response)  # type: ignore[arg-type]
-                if owner is not None:
-                    woken.add(owner)
-            if responses:
-                stats = self.server.stats
-                stats.responses += len(responses)
-                stats.response_bytes += len(data)
-                self.server.health.server_ok(self.server)
-            _wake_all(woken)
-            if self.retiring:
-                self._close_if_retired()
+            self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        """Pair the responses completed by one read with their requests, wake their
+        clients (a method of its own: no response stays referenced between reads)."""
+        omsg_q = self.omsg_q
+        woken: set[Owner] = set()
+        responses = self.reader.feed(data)
+        for response in responses:
+            if response.__class__ is BadResponse:
+                _wake_all(woken)
+                raise _Closed(INVALID)
+            owner = omsg_q.popleft().complete(response)  # type: ignore[arg-type]
+            if owner is not None:
+                woken.add(owner)
+        if responses:
+            stats = self.server.stats
+            stats.responses += len(responses)
+            stats.response_bytes += len(data)
+            self.server.health.server_ok(self.server)
+        _wake_all(woken)
+        if self.retiring:
+            self._close_if_retired()
 
     def _fail_all(self, error: bytes) -> set[Owner]:
         """Fail every request queued on the connection, sent or not."""
         woken: set[Owner] = set()
-        stats = self.server.stats
-        stats.requests += len(self.imsg_q)
-        stats.request_bytes += sum(sum(map(len, msg.request)) for msg in self.imsg_q)
         for queue in (self.omsg_q, self.imsg_q):
             while queue:
                 owner = queue.popleft().fail(error)
                 if owner is not None:
                     woken.add(owner)
         return woken
+
+
+#: A sent msg's request: the kernel has its bytes.
+_SENT: list[bytes | memoryview] = []
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

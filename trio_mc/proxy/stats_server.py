@@ -91,9 +91,9 @@ def aggregate(configs: Sequence[PoolConfig], groups: Sequence[ConnGroup]) -> lis
                 for server_conn in server_conns:
                     imsg_q, omsg_q = list(server_conn.imsg_q), list(server_conn.omsg_q)
                     values["in_queue"] += len(imsg_q)
-                    values["in_queue_bytes"] += sum(sum(map(len, m.request)) for m in imsg_q)
+                    values["in_queue_bytes"] += sum(m.size for m in imsg_q)
                     values["out_queue"] += len(omsg_q)
-                    values["out_queue_bytes"] += sum(sum(map(len, m.request)) for m in omsg_q)
+                    values["out_queue_bytes"] += sum(m.size for m in omsg_q)
     return list(totals.values())
 
 
