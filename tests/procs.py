@@ -10,6 +10,9 @@ Small API, usable from any test module::
         ...
     # stopped here: SIGTERM, bounded wait, then SIGKILL
 
+* ``require_memcached()`` -- skip the calling test unless ``memcached -V`` is exactly
+  :data:`MEMCACHED_NEEDED` (the version the differential tests are written against); with
+  ``TRIO_MC_REQUIRE_DIFFERENTIAL=1`` (CI) it fails instead.  ``start_memcached`` calls it.
 * ``free_port()`` -- an unused TCP port on 127.0.0.1 (bind to port 0).
 * ``ServerProcess(cmd, port)`` -- runs ``cmd`` (a list), waits until
   127.0.0.1:port accepts connections (bounded), exposes ``.port``, ``.proc``
@@ -59,9 +62,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Self
 
+import pytest
+
 __all__ = [
     "HOST",
     "MEMCACHED",
+    "MEMCACHED_NEEDED",
     "NUTCRACKER",
     "REPO_ROOT",
     "Attackers",
@@ -73,6 +79,7 @@ __all__ = [
     "pool_toml",
     "pool_yaml",
     "read_quiet",
+    "require_memcached",
     "rss_kib",
     "start_memcached",
     "start_nutcracker",
@@ -85,6 +92,12 @@ HOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 NUTCRACKER = shutil.which("nutcracker") or "/usr/sbin/nutcracker"
+
+#: memcached's replies, counters and messages differ between versions; the tests compare
+#: trio-mc with this one (Debian 12's package).
+MEMCACHED_NEEDED = "1.6.18"
+#: What the skip says, so that CI can tell (and fail) when these tests did not run.
+SKIP_REASON = "tests against real memcached need memcached {needed}, found: {found}"
 
 START_TIMEOUT = 10.0  # seconds until the port must accept connections
 STOP_TIMEOUT = 5.0  # seconds to wait after SIGTERM before SIGKILL
@@ -111,6 +124,26 @@ class ServerStartError(RuntimeError):
     def __init__(self, msg: str, exited: bool = False):
         super().__init__(msg)
         self.exited = exited
+
+
+_found_version: list[str] = []
+
+
+def require_memcached() -> None:
+    """Skip (under ``TRIO_MC_REQUIRE_DIFFERENTIAL=1``: fail) unless memcached is exactly
+    :data:`MEMCACHED_NEEDED`."""
+    if not _found_version:
+        try:
+            out = subprocess.run([MEMCACHED, "-V"], capture_output=True, text=True, timeout=10).stdout
+            _found_version.append(out.split()[1] if out.startswith("memcached ") else out.strip() or "?")
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            _found_version.append(f"no memcached at {MEMCACHED}")
+    found = _found_version[0]
+    if found != MEMCACHED_NEEDED:
+        reason = SKIP_REASON.format(needed=MEMCACHED_NEEDED, found=found)
+        if os.environ.get("TRIO_MC_REQUIRE_DIFFERENTIAL") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
 
 
 def free_port() -> int:
@@ -265,8 +298,10 @@ def _start_with_retries(make_cmd: Callable[[int], list[str]], **kw: Any) -> Serv
 def start_memcached(*extra_args: str) -> ServerProcess:
     """Start ``memcached -U 0 -l 127.0.0.1 -p <port> <extra_args>`` (ready to use).
 
-    ``-u root`` is added when running as root (memcached refuses otherwise).
+    ``-u root`` is added when running as root (memcached refuses otherwise).  Skips the
+    test unless memcached is :data:`MEMCACHED_NEEDED` (:func:`require_memcached`).
     """
+    require_memcached()
     def cmd(port: int) -> list[str]:
         c = [MEMCACHED, "-U", "0", "-l", HOST, "-p", str(port)]
         if hasattr(os, "geteuid") and os.geteuid() == 0:

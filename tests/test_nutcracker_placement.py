@@ -34,6 +34,7 @@ from procs import (
     ServerProcess,
     ServerStartError,
     free_port,
+    require_memcached,
     start_memcached,
 )
 
@@ -131,6 +132,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Backend]
     tcp: list[ServerProcess] = []
     path = tmp_path_factory.mktemp("placement") / "mc.sock"
     as_root = ["-u", "root"] if os.geteuid() == 0 else []
+    require_memcached()
     unix = subprocess.Popen([MEMCACHED, "-U", "0", "-s", str(path), *as_root],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

@@ -38,7 +38,7 @@ def server() -> Iterator[ServerProcess]:
     (["-o", "bogus"], 'Illegal suboption "bogus"'),
     (["-I", "512"], "Item max size cannot be less than 1024 bytes."),
     (["-m", "1", "-I", "1m"], "Cannot set item size limit higher than 1/2 of memory max."),
-    (["-c", "x"], "is not a number"),
+    (["-c", "x"], "Maximum connections must be greater than 0"),  # atoi, as memcached
     (["-B", "fancy"], "Invalid value for binding protocol"),
 ])
 def test_invalid_flags_exit_with_a_message(args: list[str], message: str) -> None:

@@ -9,9 +9,11 @@ exit).
 
 from __future__ import annotations
 
+import errno
 import functools
 import getopt
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,7 +66,7 @@ usage: trio-mc serve [memcached options]
 -vvv                      extremely verbose (internal state transitions)
 -h, --help                print this help and exit
 -V, --version             print version and exit
--P, --pidfile=<file>      save PID in <file>, only used with -d option
+-P, --pidfile=<file>      save PID in <file> (removed at exit only with -d, as memcached)
 -f, --slab-growth-factor=<num> chunk size growth factor (default: 1.25)
 -n, --slab-min-size=<bytes> min space used for key+value+flags (default: 48)
 -D <char>                 use <char> as the delimiter between key prefixes and IDs
@@ -93,8 +95,41 @@ usage: trio-mc serve [memcached options]
 """
 
 
+EX_NOUSER = 67
+EX_OSERR = 71
+
+
 class UsageError(Exception):
-    """A bad command line: the message is printed and the process exits non-zero."""
+    """A bad command line: the message is printed on stderr and the process exits with
+    ``status`` (memcached: 1 for what its option loop refuses, 64 for its later checks)."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_C_INT = re.compile(r"\s*[-+]?\d*")
+_C_FLOAT = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _atoi(value: str) -> int:
+    """C's ``atoi``, which memcached uses for most numbers: the leading digits, else 0
+    (``-p abc`` is port 0, ``-m 1g`` is 1 MB)."""
+    digits = _C_INT.match(value).group().strip()  # type: ignore[union-attr]
+    return int(digits) if digits.lstrip("+-") else 0
+
+
+def _atof(value: str) -> float:
+    """C's ``atof``: the leading number, else 0."""
+    m = _C_FLOAT.match(value)
+    return float(m.group()) if m else 0.0
+
+
+def _strtoul(name: str, value: str) -> int:
+    """memcached's ``safe_strtoul`` for the ``-o`` options that check their number."""
+    if not value.isdigit():
+        raise UsageError(f"could not parse argument to {name}")
+    return int(value)
 
 
 def _int(opt: str, value: str) -> int:
@@ -112,17 +147,27 @@ def _float(opt: str, value: str) -> float:
 
 
 def _size(value: str) -> int:
-    """``-I``: bytes, with an optional k/m suffix."""
+    """``-I``: bytes, with an optional k/m suffix (any other suffix is ignored, as ``atoi``)."""
     unit = value[-1:].lower()
     if unit in ("k", "m"):
-        return _int("-I", value[:-1]) * (1024 if unit == "k" else 1024 * 1024)
-    return _int("-I", value)
+        return _atoi(value[:-1]) * (1024 if unit == "k" else 1024 * 1024)
+    return _atoi(value)
 
 
-def _need(name: str, value: str, what: str = "") -> str:
-    """An ``-o`` suboption's value, which it must have."""
-    if not value:
-        raise UsageError(what or f"Missing argument for {name}")
+#: How memcached words a missing ``-o`` value, where it is not "Missing <name> argument".
+_MISSING = {
+    "hashpower": "Missing numeric argument for hashpower",
+    "tail_repair_time": "Missing numeric argument for tail_repair_time",
+    "idle_timeout": "Missing numeric argument for idle_timeout",
+    "lru_crawler_sleep": "Missing lru_crawler_sleep value",
+    "lru_crawler_tocrawl": "Missing lru_crawler_tocrawl value",
+}
+
+
+def _need(name: str, value: str | None) -> str:
+    """An ``-o`` suboption's value, which it must have (``name=`` is an empty value)."""
+    if value is None:
+        raise UsageError(_MISSING.get(name, f"Missing {name} argument"))
     return value
 
 
@@ -131,7 +176,8 @@ def _extended(s: Settings, spec: str, chunk_max_set: list[bool]) -> None:
     for item in spec.split(","):
         if not item:
             continue
-        name, _, value = item.partition("=")
+        name, eq, text = item.partition("=")
+        value = text if eq else None
         need = functools.partial(_need, name, value)
 
         if name == "maxconns_fast":
@@ -139,53 +185,58 @@ def _extended(s: Settings, spec: str, chunk_max_set: list[bool]) -> None:
         elif name == "no_maxconns_fast":
             s.maxconns_fast = False
         elif name == "hashpower":
-            n = _int(name, need("Missing numeric argument for hashpower"))
+            n = _atoi(need())
             if n < 12:
                 raise UsageError(f"Initial hashtable multiplier of {n} is too low")
             if n > 32:
-                raise UsageError(f"Initial hashtable multiplier of {n} is too high")
+                raise UsageError(f"Initial hashtable multiplier of {n} is too high\n"
+                                 'Choose a value based on "STAT hash_power_level" from a running instance')
             s.hashpower_init = n
         elif name == "tail_repair_time":
-            n = _int(name, need())
+            n = _atoi(need())
             if n < 10:
                 raise UsageError("Cannot set tail_repair_time to less than 10 seconds")
             s.tail_repair_time = n
         elif name == "hash_algorithm":
-            if need() not in ("jenkins", "murmur3", "xxh3"):
+            algorithm = need()
+            if algorithm not in ("jenkins", "murmur3", "xxh3"):
                 raise UsageError("Unknown hash_algorithm option (jenkins, murmur3, xxh3)")
-            s.hash_algorithm = value
+            s.hash_algorithm = algorithm
         elif name == "lru_crawler":
             s.lru_crawler = True
         elif name == "no_lru_crawler":
             s.lru_crawler = False
         elif name == "lru_crawler_sleep":
-            n = _int(name, need())
+            n = _atoi(need())
             if not 0 <= n <= 1_000_000:
                 raise UsageError("LRU crawler sleep must be between 0 and 1 second")
             s.lru_crawler_sleep = n
         elif name == "lru_crawler_tocrawl":
-            s.lru_crawler_tocrawl = _int(name, need())
+            tocrawl = need()
+            if not tocrawl.isdigit() or int(tocrawl) > 0xFFFFFFFF:
+                raise UsageError("lru_crawler_tocrawl takes a numeric 32bit value")
+            s.lru_crawler_tocrawl = int(tocrawl)
         elif name == "lru_maintainer":
             s.lru_maintainer_thread = s.lru_segmented = True
         elif name == "no_lru_maintainer":
             s.lru_maintainer_thread = s.lru_segmented = False
         elif name in ("hot_lru_pct", "warm_lru_pct"):
-            n = _int(name, need())
+            n = _atoi(need())
             if not 1 <= n < 80:
                 raise UsageError(f"{name} must be > 1 and < 80")
             setattr(s, name, n)
         elif name in ("hot_max_factor", "warm_max_factor"):
-            f = _float(name, need())
+            f = _atof(need())
             if f <= 0:
                 raise UsageError(f"{name} must be > 0")
             setattr(s, name, f)
         elif name == "temporary_ttl":
             s.temp_lru = True
-            s.temporary_ttl = _int(name, need())
+            s.temporary_ttl = _atoi(need())
         elif name == "idle_timeout":
-            s.idle_timeout = _int(name, need("Missing numeric argument for idle_timeout"))
+            s.idle_timeout = _atoi(need())
         elif name == "slab_chunk_max":
-            s.slab_chunk_size_max = _int(name, need())
+            s.slab_chunk_size_max = _strtoul(name, need())
             chunk_max_set[0] = True
         elif name == "no_chunked_items":
             s.slab_chunk_size_max = 1024 * 1024
@@ -194,28 +245,28 @@ def _extended(s: Settings, spec: str, chunk_max_set: list[bool]) -> None:
         elif name == "no_slab_reassign":
             s.slab_reassign = False
         elif name == "slab_automove":
-            n = _int(name, value) if value else 1
+            n = 1 if value is None else _atoi(value)
             if not 0 <= n <= 2:
                 raise UsageError("slab_automove must be between 0 and 2")
             s.slab_automove = n
         elif name == "no_slab_automove":
             s.slab_automove = 0
         elif name == "slab_automove_ratio":
-            f = _float(name, need())
+            f = _atof(need())
             if not 0 < f <= 1:
                 raise UsageError("slab_automove_ratio must be > 0 and < 1")
             s.slab_automove_ratio = f
         elif name == "slab_automove_window":
-            n = _int(name, need())
+            n = _atoi(need())
             if n < 3:
                 raise UsageError("slab_automove_window must be > 2")
             s.slab_automove_window = n
         elif name == "watcher_logbuf_size":
-            s.logger_watcher_buf_size = _int(name, need()) * 1024
+            s.logger_watcher_buf_size = _strtoul(name, need()) * 1024
         elif name == "worker_logbuf_size":
-            s.logger_buf_size = _int(name, need()) * 1024
+            s.logger_buf_size = _strtoul(name, need()) * 1024
         elif name == "read_buf_mem_limit":
-            s.read_buf_mem_limit = _int(name, need()) * 1024 * 1024
+            s.read_buf_mem_limit = _strtoul(name, need()) * 1024 * 1024
         elif name == "track_sizes":
             s.track_sizes = True
         elif name == "no_modern":
@@ -238,23 +289,53 @@ def _extended(s: Settings, spec: str, chunk_max_set: list[bool]) -> None:
             raise UsageError(f'Illegal suboption "{item}"')
 
 
+def _getopt(args: list[str]) -> tuple[list[tuple[str, str]], str]:
+    """The options up to the first bad one, and glibc's message for that one ("" if none).
+
+    memcached acts on each option as its loop reaches it, so an error in a good option
+    before the bad one is the one reported: the good prefix is returned to be applied first.
+    """
+    try:
+        return getopt.gnu_getopt(args, _SHORT, _LONG)[0], ""
+    except getopt.GetoptError as exc:
+        bad = exc
+    opts: list[tuple[str, str]] = []
+    for end in range(len(args)):
+        try:
+            getopt.gnu_getopt(args[:end + 1], _SHORT, _LONG)
+        except getopt.GetoptError as exc:
+            if (exc.opt, exc.msg) == (bad.opt, bad.msg):  # not an option cut from its value
+                opts = getopt.gnu_getopt(args[:end], _SHORT, _LONG)[0]
+                break
+    opt = bad.opt
+    if len(opt) == 1:  # a short option
+        if "requires" in bad.msg:
+            return opts, f"option requires an argument -- '{opt}'"
+        return opts, f"invalid option -- '{opt}'"
+    if "requires" in bad.msg:
+        return opts, f"option '--{opt}' requires an argument"
+    if "must not have" in bad.msg:
+        return opts, f"option '--{opt}' doesn't allow an argument"
+    if "unique prefix" in bad.msg:
+        choices = " ".join(f"'--{name.rstrip('=')}'" for name in _LONG if name.startswith(opt))
+        return opts, f"option '--{opt}' is ambiguous; possibilities: {choices}"
+    return opts, f"unrecognized option '--{opt}'"
+
+
 def parse_serve_args(argv: Sequence[str]) -> Settings | str:
     """Parse ``serve`` flags; returns settings, or text to print and exit 0 with (-h, -V)."""
     s = Settings()
-    args = list(argv)
     # memcached's --verbose takes an optional level; getopt cannot express that.
-    for i, arg in enumerate(args):
+    args = []
+    for arg in argv:
         if arg.startswith("--verbose="):
-            s.verbose = _int("--verbose", arg.split("=", 1)[1])
-            args[i] = ""
-    args = [a for a in args if a]
-    try:
-        opts, rest = getopt.gnu_getopt(args, _SHORT, _LONG)
-    except getopt.GetoptError as exc:
-        raise UsageError(str(exc)) from None
-    if rest:
-        raise UsageError(f"unexpected argument '{rest[0]}'")
+            s.verbose = _atoi(arg.split("=", 1)[1])
+        else:
+            args.append(arg)
+    opts, error = _getopt(args)
+    # Words that are not options are ignored, as memcached ignores them.
     chunk_max_set = [False]
+    unsupported = ""
     listen: list[str] = []
     tcp_specified = udp_specified = False
     for opt, value in opts:
@@ -266,50 +347,48 @@ def parse_serve_args(argv: Sequence[str]) -> Settings | str:
         if flag == "i":
             return "trio-mc is BSD-licensed, as memcached is.\n"
         if flag == "p":
-            s.port = _int(opt, value)
+            s.port = _atoi(value)
             tcp_specified = True
         elif flag == "U":
-            s.udpport = _int(opt, value)  # bound and reported, but UDP requests are not served
+            s.udpport = _atoi(value)  # bound and reported, but UDP requests are not served
             udp_specified = True
         elif flag == "s":
             s.socketpath = value
         elif flag == "a":
-            try:
-                s.access = int(value, 8)
-            except ValueError:
-                raise UsageError(f"option {opt}: '{value}' is not an octal mask") from None
+            octal = re.match(r"\s*[0-7]*", value).group().strip()  # type: ignore[union-attr]
+            s.access = int(octal, 8) if octal else 0  # strtol(..., 8), as memcached
         elif flag == "A":
             s.shutdown_command = True
         elif flag == "l":
             listen.extend(part for part in value.replace(";", ",").split(",") if part)
         elif flag == "m":
-            s.maxbytes = _int(opt, value) * 1024 * 1024
+            s.maxbytes = _atoi(value) * 1024 * 1024
         elif flag == "M":
             s.evict_to_free = False
         elif flag == "c":
-            s.maxconns = _int(opt, value)
+            s.maxconns = _atoi(value)
             if s.maxconns <= 0:
                 raise UsageError("Maximum connections must be greater than 0")
         elif flag == "t":
-            s.num_threads = _int(opt, value)
+            s.num_threads = _atoi(value)
             if s.num_threads <= 0:
                 raise UsageError("Number of threads must be greater than 0")
         elif flag == "R":
-            s.reqs_per_event = _int(opt, value)
+            s.reqs_per_event = _atoi(value)
             if s.reqs_per_event <= 0:
                 raise UsageError("Number of requests per event must be greater than 0")
         elif flag == "f":
-            s.factor = _float(opt, value)
+            s.factor = _atof(value)
             if s.factor <= 1.0:
                 raise UsageError("Factor must be greater than 1")
         elif flag == "n":
-            s.chunk_size = _int(opt, value)
+            s.chunk_size = _atoi(value)
             if s.chunk_size <= 0:
                 raise UsageError("Chunk size must be greater than 0")
         elif flag == "I":
             s.item_size_max = _size(value)
         elif flag == "b":
-            s.backlog = _int(opt, value)
+            s.backlog = _atoi(value)
         elif flag == "B":
             if value == "auto":
                 s.binding_protocol = "auto-negotiate"
@@ -320,7 +399,7 @@ def parse_serve_args(argv: Sequence[str]) -> Settings | str:
                 s.binary_only = True  # a connection that does not start binary is closed
             else:
                 raise UsageError(f"Invalid value for binding protocol: {value}\n"
-                                 " -- should be one of auto, binary, or ascii")
+                                 " -- should be one of auto, binary, or ascii", EX_USAGE)
         elif flag == "C":
             s.use_cas = False
         elif flag == "F":
@@ -338,51 +417,58 @@ def parse_serve_args(argv: Sequence[str]) -> Settings | str:
         elif flag == "P":
             s.pidfile = value
         elif flag == "D":
-            if len(value) != 1:
+            if not value:
                 raise UsageError("No delimiter specified")
-            s.prefix_delimiter = value
+            s.prefix_delimiter = value[0]  # memcached takes the first character
             s.detail_enabled = True
         elif flag == "o":
             _extended(s, value, chunk_max_set)
         elif flag == "Y":
             if not os.access(value, os.R_OK):
-                raise UsageError(f"Could not load authfile: {value}")
+                reason = os.strerror(errno.ENOENT if not os.path.exists(value) else errno.EACCES)
+                raise UsageError(f"Could not open authfile [{value}] for reading, error {reason}: {reason}")
             s.auth_file = value
         elif flag in ("k", "r", "L"):
             pass  # memory locking, core dumps, large pages: nothing to do in Python
-        else:  # S, e, N, Z: SASL, memory file, NAPI, TLS
-            raise UsageError(f"option {opt} is not supported by trio-mc")
+        else:  # S, e, N, Z: SASL, memory file, NAPI, TLS; refused once all is parsed,
+            unsupported = unsupported or opt  # where memcached would set the feature up
+    if error:
+        raise UsageError(f'trio-mc: {error}\nIllegal argument "?"')
     if listen:
         s.inter = listen
     if udp_specified and s.udpport != 0 and not tcp_specified:
         s.port = s.udpport  # memcached: -U alone moves the TCP port too
     if s.port > 65535 or s.udpport > 65535:
-        raise UsageError(f"ERROR: Invalid port number {max(s.port, s.udpport)}.")
+        raise UsageError(f"ERROR: Invalid port number {max(s.port, s.udpport)}.", EX_USAGE)
     _validate(s, chunk_max_set[0])
+    if unsupported:
+        raise UsageError(f"option {unsupported} is not supported by trio-mc")
     return s
 
 
 def _validate(s: Settings, chunk_max_set: bool) -> None:
-    """memcached's post-parse checks on sizes."""
+    """memcached's checks after the option loop (they exit 64, EX_USAGE)."""
     if s.item_size_max < 1024:
-        raise UsageError("Item max size cannot be less than 1024 bytes.")
+        raise UsageError("Item max size cannot be less than 1024 bytes.", EX_USAGE)
+    if s.hot_lru_pct + s.warm_lru_pct > 80:
+        raise UsageError("hot_lru_pct + warm_lru_pct cannot be more than 80% combined", EX_USAGE)
     if s.item_size_max > s.maxbytes // 2:
-        raise UsageError("Cannot set item size limit higher than 1/2 of memory max.")
+        raise UsageError("Cannot set item size limit higher than 1/2 of memory max.", EX_USAGE)
     if s.item_size_max > 1024 * 1024 * 1024:
-        raise UsageError("Cannot set item size limit higher than a gigabyte.")
+        raise UsageError("Cannot set item size limit higher than a gigabyte.", EX_USAGE)
     if s.item_size_max > 1024 * 1024 and not chunk_max_set:
         s.slab_chunk_size_max = 512 * 1024
     if s.slab_chunk_size_max <= 0:
-        raise UsageError("slab_chunk_max must be greater than 0")
+        raise UsageError("slab_chunk_max must be greater than 0", EX_USAGE)
     if s.slab_chunk_size_max > s.item_size_max:
         raise UsageError(f"slab_chunk_max (bytes: {s.slab_chunk_size_max}) cannot be larger "
-                         f"than -I (item_size_max {s.item_size_max})")
+                         f"than -I (item_size_max {s.item_size_max})", EX_USAGE)
     if s.item_size_max % s.slab_chunk_size_max:
         raise UsageError(f"-I (item_size_max: {s.item_size_max}) must be evenly divisible by "
-                         f"slab_chunk_max (bytes: {s.slab_chunk_size_max})")
+                         f"slab_chunk_max (bytes: {s.slab_chunk_size_max})", EX_USAGE)
     if (1024 * 1024) % s.slab_chunk_size_max:
         raise UsageError(f"slab_chunk_max (bytes: {s.slab_chunk_size_max}) must divide evenly "
-                         "into 1048576 (slab_page_size)")
+                         "into 1048576 (slab_page_size)", EX_USAGE)
 
 
 PROXY_HELP = f"""trio-mc {__version__} proxy (nutcracker 0.5.0 compatible)
@@ -515,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parsed = (parse_serve_args if args[0] == "serve" else parse_proxy_args)(args[1:])
     except UsageError as exc:
         print(exc, file=sys.stderr)
-        return EX_USAGE
+        return exc.status
     if isinstance(parsed, str):  # -h, -V
         sys.stdout.write(parsed)
         return 0

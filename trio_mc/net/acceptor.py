@@ -16,11 +16,11 @@ from __future__ import annotations
 import errno
 import itertools
 import socket
-import sys
 from collections.abc import Callable, Sequence
 
 import trio
 
+from trio_mc.log import log
 from trio_mc.net.conn import ConnGroup
 from trio_mc.net.worker import Endpoint, Worker, describe, serve_socket
 
@@ -150,7 +150,7 @@ class Acceptor:
             except OSError as exc:
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
                     if self.verbose:
-                        print("Too many open connections", file=sys.stderr)
+                        log.warning("Too many open connections")
                     await trio.sleep(ACCEPT_BACKOFF)
                     continue
                 raise

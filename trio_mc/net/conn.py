@@ -25,13 +25,13 @@ and every few reads, so it cannot starve the others.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import trio
 
+from trio_mc.log import log
 from trio_mc.net.transport import Piece, Transport
 from trio_mc.protocol.binary import BinaryParser
 from trio_mc.protocol.parser import Parser
@@ -207,7 +207,7 @@ class Conn:
         except _DISCONNECTED:
             pass
         except Exception as exc:  # noqa: BLE001 (a bug must cost one connection, not the worker)
-            print(f"<{self.fd} closing on internal error: {exc!r}", file=sys.stderr)
+            log.exception("<%d closing on internal error: %r", self.fd, exc)
         finally:
             self.state = "conn_closing"
             registry.conn_closed(self)
@@ -316,4 +316,4 @@ def _log_lines(prefix: str, data: bytes) -> None:
     """``-vv``: each protocol line on stderr, as memcached prints them."""
     for line in data.split(b"\n"):
         if line.strip():
-            print(prefix + line.rstrip(b"\r")[:200].decode("latin-1"), file=sys.stderr)
+            log.info("%s%s", prefix, line.rstrip(b"\r")[:200].decode("latin-1"))

@@ -19,12 +19,13 @@ import os
 import resource
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable
 
 import trio
 
+from trio_mc import __version__
+from trio_mc.log import log, to_stderr
 from trio_mc.net.acceptor import Acceptor, endpoint_for
 from trio_mc.net.conn import ConnGroup
 from trio_mc.net.listen import bind_tcp, bind_unix
@@ -149,6 +150,7 @@ async def serve(
     listeners = [endpoint_for(sock, connect) for sock in socks]
     state.listeners = [Listener(sock.fileno(), describe(sock, peer=False)) for sock in socks]
     state.udp = [Listener(sock.fileno(), describe(sock, peer=False)) for sock in udp_socks]
+    _say_where(state)
     token = trio.lowlevel.current_trio_token()
     requested = trio.Event()
     graceful = False
@@ -183,7 +185,7 @@ async def serve(
                 nursery.cancel_scope.cancel()
                 return
             if settings.verbose:
-                print("Gracefully stopping", file=sys.stderr)
+                log.warning("Gracefully stopping")
             nursery.cancel_scope.deadline = trio.current_time() + grace
             await acceptor.drain()
             nursery.cancel_scope.cancel()
@@ -199,6 +201,25 @@ async def serve(
                 pass
 
 
+def _say_where(state: ServerState) -> None:
+    """At ``-v``, where the server listens (memcached says nothing of it at ``-v``; this is
+    trio-mc's line).  At ``-vv``, also memcached's own startup lines: the slab classes and
+    one "server listening" line per socket, which name no address."""
+    settings = state.settings
+    if not settings.verbose:
+        return
+    if settings.verbose > 1:
+        slabs = state.store.slabs
+        for clsid, (size, per_page) in enumerate(zip(slabs.sizes, slabs.per_page, strict=True), 1):
+            log.info("slab class %3d: chunk size %9d perslab %7d", clsid, size, per_page)
+        for listener in state.listeners:
+            log.info("<%d server listening (%s)", listener.fd, settings.binding_protocol)
+        for listener in state.udp:
+            log.info("<%d server listening (udp)", listener.fd)
+    for listener in [*state.listeners, *state.udp]:
+        log.warning("trio-mc %s listening on %s", __version__, listener.addr)
+
+
 async def _maintain(state: ServerState) -> None:
     """memcached's LRU maintainer and crawler threads: reclaim expired items in the
     background, a bounded step at a time, and rebalance the LRU segments."""
@@ -212,7 +233,7 @@ async def _watch_signals(state: ServerState, request_shutdown: Callable[[bool], 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
         async for signum in signals:
             if state.settings.verbose:
-                print(f"Signal handled: {signal.Signals(signum).name}.", file=sys.stderr)
+                log.warning("Signal handled: %s.", signal.Signals(signum).name)
             request_shutdown(signum == signal.SIGUSR1)
 
 
@@ -249,41 +270,76 @@ def _tune_malloc() -> None:
         pass
 
 
-def _drop_privileges(username: str) -> None:
+def _drop_privileges(username: str) -> int:
+    """``-u``, only when run as root; memcached's message and exit status on failure."""
     import pwd
 
-    if os.getuid() != 0 or username == "root":
-        return
-    entry = pwd.getpwnam(username)
-    os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
+    if os.getuid() != 0 and os.geteuid() != 0:
+        return 0
+    try:
+        entry = pwd.getpwnam(username)
+    except KeyError:
+        log.error("can't find the user %s to switch to", username)
+        return 67  # EX_NOUSER
+    if entry.pw_uid == 0:
+        return 0
+    try:
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    except OSError:
+        log.error("failed to assume identity of user %s", username)
+        return 71  # EX_OSERR
+    return 0
+
+
+def _daemonize(settings: Settings) -> None:
+    """``-d`` as memcached does it: fork (the parent exits 0), a new session, ``/`` as the
+    working directory (so no directory is held busy), and stdio on /dev/null unless ``-v``
+    (memcached keeps its output then)."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    os.chdir("/")
+    if not settings.verbose:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        if null > 2:
+            os.close(null)
 
 
 def run(settings: Settings) -> int:
-    """The ``trio-mc serve`` process: set up, serve, exit cleanly on a signal."""
+    """The ``trio-mc serve`` process: set up, serve, exit cleanly on a signal.
+
+    As memcached: ``-u`` first, then ``-d``; the ``-P`` file is written in either case but
+    removed at exit only under ``-d``.
+    """
+    to_stderr()
     _raise_fd_limit(settings.maxconns)
     _tune_malloc()
-    if settings.daemonize:
-        if os.fork():
-            os._exit(0)
-        os.setsid()
-    if settings.pidfile:
-        with open(settings.pidfile, "w") as f:
-            f.write(f"{os.getpid()}\n")
     if settings.username:
-        try:
-            _drop_privileges(settings.username)
-        except (KeyError, OSError) as exc:
-            print(f"can't run as {settings.username}: {exc}", file=sys.stderr)
-            return 71  # EX_OSERR
+        status = _drop_privileges(settings.username)
+        if status:
+            return status
+    if settings.daemonize:
+        _daemonize(settings)
+    if settings.pidfile:
+        try:  # written whole or not at all, as memcached: a temporary file, renamed
+            with open(settings.pidfile + ".tmp", "w") as f:
+                f.write(f"{os.getpid()}\n")
+            os.rename(settings.pidfile + ".tmp", settings.pidfile)
+        except OSError as exc:
+            log.warning("Could not open the pid file %s.tmp for writing: %s", settings.pidfile, exc.strerror)
     try:
         trio.run(lambda: serve(settings, handle_signals=threading.current_thread() is threading.main_thread()))
     except OSError as exc:
-        print(f"failed to listen: {exc}", file=sys.stderr)
-        return 71
+        where = (f"UNIX socket {settings.socketpath}" if settings.socketpath
+                 else f"one of interface(s) {','.join(settings.inter)}")
+        log.error("failed to listen on %s: %s", where, exc.strerror or exc)
+        return 71  # EX_OSERR
     finally:
-        if settings.pidfile:
+        if settings.pidfile and settings.daemonize:
             try:
                 os.unlink(settings.pidfile)
             except OSError:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hmac
 import os
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
+from trio_mc.log import log
 from trio_mc.server.logger import Logger, uriencode
 from trio_mc.server.prefix_stats import PrefixStats
 from trio_mc.server.thread_stats import ThreadStats
@@ -98,7 +98,7 @@ class ServerState:
         if b"connevents" in self.logger.kinds:
             self._log_conn(conn, b"conn_new")
         if self.settings.verbose > 1:
-            print(f"<{conn.fd} new auto-negotiating client connection", file=sys.stderr)
+            log.info("<%d new auto-negotiating client connection", conn.fd)
 
     def conn_closed(self, conn: Conn) -> None:
         with self.lock:
@@ -108,7 +108,7 @@ class ServerState:
         if b"connevents" in self.logger.kinds:
             self._log_conn(conn, b"conn_close")
         if self.settings.verbose > 1:
-            print(f"<{conn.fd} connection closed.", file=sys.stderr)
+            log.info("<%d connection closed.", conn.fd)
 
     def _log_conn(self, conn: Conn, event: bytes) -> None:
         """``watch connevents``: conn_new / conn_close lines."""

@@ -145,13 +145,15 @@ class Memory(Table):
         memcached's allocator does (it looks at a few items there)."""
         lru = self.lru
         for seg in (COLD, TEMP):
-            for _ in range(5):
+            tries = 5  # items looked at; left-behind queue entries are not items and cost none
+            while tries:
                 key = lru.head(clsid, seg)
                 if key is None:
                     break
                 if lru.skip_stale(key, clsid, seg):
                     lru.popleft(clsid, seg)
                     continue
+                tries -= 1
                 record = self._items[key]
                 _, exptime, time, cas, iflags = unpack_header(record)
                 if not self._is_dead(exptime, time, cas, now):

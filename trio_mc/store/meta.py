@@ -76,7 +76,7 @@ class Meta(Maintainer):
                 record = self._link(key, None, new, now)
                 created = record is not None
             if record is None:
-                self._count_fetch(touched, None)
+                self._count_fetch(False, None)  # memcached counts an mg miss as a get miss, T or not
                 return None
             flags, exptime, time, cas, iflags = unpack_header(record)
             exptime, ttl, won = self._apply_ttl_ops(ops, exptime, created, now, not iflags & TOKEN_SENT)
@@ -119,10 +119,9 @@ class Meta(Maintainer):
                     iflags = (iflags | STALE) & ~TOKEN_SENT
                 cas = self._cas_for(new_cas)
                 if drop_value:
-                    new = self._record(key, flags, exptime, time, cas, iflags, b"\r\n")
-                else:
-                    new = pack_header(flags, exptime, time, cas, iflags) + record[HEADER_SIZE:]
-                self._link(key, record, new, now)
+                    self._link(key, record, self._record(key, flags, exptime, time, cas, iflags, b"\r\n"), now)
+                else:  # memcached marks the item in place: not a new item (total_items stays)
+                    self._items[key] = pack_header(flags, exptime, time, cas, iflags) + record[HEADER_SIZE:]
                 return DeleteResult.DELETED
             self.class_stats[record[CLSID_AT]].delete_hits += 1
             self._unlink(key, record)
