@@ -17,6 +17,7 @@ nutcracker is in test_proxy_differential.py.)
 from __future__ import annotations
 
 import base64
+import os
 import re
 import signal
 import socket
@@ -39,6 +40,7 @@ from procs import (
     read_quiet,
     rss_kib,
     start_proxy,
+    wait_for_port,
 )
 
 IO_TIMEOUT = 5.0
@@ -480,3 +482,44 @@ def test_worker_threads(tmp_path: Path, backends: tuple[list[ServerProcess], lis
         out = proc.output()
         proc.close()
     assert code == 0, out
+
+
+def test_daemonize_and_busy_port(tmp_path: Path, backends: tuple[list[ServerProcess], list[ServerProcess]]) -> None:
+    """-d: the command returns 0 at once, the daemon (forked twice, as nutcracker's) serves
+    from ``/`` with the -p file holding its pid, and SIGTERM stops it and removes the file.
+    A second proxy on the same port says why it cannot listen, in one line, and exits 1."""
+    a = backends[0]
+    port = free_port()
+    conf = tmp_path / "pool.toml"
+    conf.write_text(pool_toml("alpha", f"{HOST}:{port}", [f"{HOST}:{a[0].port}:1"]))
+    pid_file, log = tmp_path / "proxy.pid", tmp_path / "proxy.log"
+    base = [sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), "-p", str(pid_file), "-o", str(log)]
+    started = subprocess.run([*base, "-d", "-s", str(free_port())], cwd=REPO_ROOT, timeout=30)
+    assert started.returncode == 0
+    wait_for_port(port)
+    pid = int(pid_file.read_text())
+    try:
+        assert Path(f"/proc/{pid}/cwd").resolve() == Path("/")
+        assert os.getsid(pid) != pid  # not a session leader: the second fork
+        assert ask(port, b"set k 0 0 1\r\nv\r\n") == b"STORED\r\n"
+        busy = subprocess.run([*base[:-4], "-s", str(free_port())], cwd=REPO_ROOT, timeout=30,
+                              capture_output=True, text=True)
+        assert busy.returncode == 1
+        assert "failed to listen: [Errno 98] Address already in use" in busy.stderr
+        assert "Traceback" not in busy.stderr, busy.stderr
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid)
+    assert not pid_file.exists()
+    assert "signal 15 (SIGTERM) received, exiting" in log.read_text()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive (a zombie, once the daemon exits, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

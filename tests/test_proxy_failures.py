@@ -431,12 +431,21 @@ ejecting:
     return replies
 
 
+#: What nutcracker 0.5.0 answers in ``_failure_transcript``.
+FAILURE_TRANSCRIPT = [b"STORED\r\n", b"SERVER_ERROR Connection timed out\r\n" * 2,
+                      b"VALUE k 0 1\r\nv\r\nEND\r\n", b"SERVER_ERROR Connection refused\r\n",
+                      b"END\r\n", b"END\r\n"]
+
+
 def test_failure_replies_match_nutcracker(tmp_path: Path) -> None:
-    nutcracker = _failure_transcript(tmp_path, lambda conf, stats: [
-        NUTCRACKER, "-c", str(conf), "-s", str(stats), "-a", "127.0.0.1"])
-    assert nutcracker == [b"STORED\r\n", b"SERVER_ERROR Connection timed out\r\n" * 2,
-                          b"VALUE k 0 1\r\nv\r\nEND\r\n", b"SERVER_ERROR Connection refused\r\n",
-                          b"END\r\n", b"END\r\n"]
+    # nutcracker itself, on a loaded machine, now and then answers nothing to the requests
+    # on the paused backend (its 300 ms timeout does not fire within 10 s): one retry.
+    for _ in range(2):
+        nutcracker = _failure_transcript(tmp_path, lambda conf, stats: [
+            NUTCRACKER, "-c", str(conf), "-s", str(stats), "-a", "127.0.0.1"])
+        if nutcracker == FAILURE_TRANSCRIPT:
+            break
+    assert nutcracker == FAILURE_TRANSCRIPT
     trio_mc = _failure_transcript(tmp_path, lambda conf, stats: [
         sys.executable, "-m", "trio_mc", "proxy", "-c", str(conf), "-s", str(stats)])
     assert trio_mc == nutcracker

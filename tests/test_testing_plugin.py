@@ -83,7 +83,7 @@ def test_threaded_server_stops_and_joins_its_threads() -> None:
 @pytest.mark.parametrize(("flags", "message"), [
     ("-p 11300", "the fixture chooses port"),
     ("-l 0.0.0.0 -d", "the fixture chooses inter, daemonize"),
-    ("--no-such-flag", "not recognized"),
+    ("--no-such-flag", "unrecognized option"),
     ("-m 1", "Cannot set item size limit higher than 1/2 of memory max."),
     ("-V", "print text instead of starting a server"),
 ])

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import trio
 
 from trio_mc import __version__
+from trio_mc.daemon import daemonize
 from trio_mc.net.acceptor import Acceptor, endpoint_for
 from trio_mc.net.conn import Conn, ConnCounters, ConnGroup
 from trio_mc.net.listen import bind_tcp, bind_unix
@@ -402,9 +403,7 @@ def run(options: ProxyOptions) -> int:
               file=sys.stderr)
         return 1
     if options.daemonize:
-        if os.fork():
-            os._exit(0)
-        os.setsid()
+        daemonize(twice=True)
     log.log(ALWAYS, "trio-mc-%s (nutcracker 0.5.0 compatible) built for %s %s %s started on pid %d",
             __version__, platform.system(), platform.release(), platform.machine(), os.getpid())
     if options.pid_file:
@@ -425,8 +424,14 @@ def run(options: ProxyOptions) -> int:
 
     try:
         return trio.run(main)
-    except OSError as exc:
-        log.error("failed to listen: %s", exc)
+    except (OSError, BaseExceptionGroup) as exc:
+        # A port that cannot be bound arrives wrapped in the nurseries' exception groups.
+        error: BaseException = exc
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if not isinstance(error, OSError):
+            raise
+        log.error("failed to listen: %s", error)
         return 1
     finally:
         if options.pid_file:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import trio
 
 from trio_mc import __version__
+from trio_mc.daemon import daemonize
 from trio_mc.log import log, to_stderr
 from trio_mc.net.acceptor import Acceptor, endpoint_for
 from trio_mc.net.conn import ConnGroup
@@ -293,22 +294,6 @@ def _drop_privileges(username: str) -> int:
     return 0
 
 
-def _daemonize(settings: Settings) -> None:
-    """``-d`` as memcached does it: fork (the parent exits 0), a new session, ``/`` as the
-    working directory (so no directory is held busy), and stdio on /dev/null unless ``-v``
-    (memcached keeps its output then)."""
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    os.chdir("/")
-    if not settings.verbose:
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        if null > 2:
-            os.close(null)
-
-
 def run(settings: Settings) -> int:
     """The ``trio-mc serve`` process: set up, serve, exit cleanly on a signal.
 
@@ -323,7 +308,7 @@ def run(settings: Settings) -> int:
         if status:
             return status
     if settings.daemonize:
-        _daemonize(settings)
+        daemonize(keep_stdio=bool(settings.verbose))
     if settings.pidfile:
         try:  # written whole or not at all, as memcached: a temporary file, renamed
             with open(settings.pidfile + ".tmp", "w") as f:
