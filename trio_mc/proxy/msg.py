@@ -119,6 +119,8 @@ class MultiGet(Msg):
         self.nfrag_done += 1
         if self.nfrag_done < len(self.frags):
             return None
+        for frag in self.frags:  # no cycle left: freed by its refcount, not the collector
+            frag.parent = None
         self.done = True
         return self.owner
 
