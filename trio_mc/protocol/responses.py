@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from trio_mc.protocol import replies
@@ -75,16 +75,34 @@ class Response:
 
     ``status`` is the reply's first word as sent (``b"STORED"``, ``b"END"``, ``b"VA"``,
     ``b"VERSION"``, ``b"SERVER_ERROR"``...), or :data:`NUMBER`.  ``raw`` is exactly what the
-    backend sent for it.  ``spans`` (retrievals) are the ``(start, end)`` offsets in ``raw``
-    of each ``VALUE`` block, header and data with their ``\\r\\n``; a retrieval cut short
-    by an error keeps the blocks sent before it.  Offsets rather than views: most replies
-    are forwarded whole, so the views are made only when asked for (:attr:`values`).
+    backend sent for it.  Most replies are forwarded whole, so where each ``VALUE`` block
+    lies is found only when asked for (:attr:`spans`, a multi-get merge), in ``raw``, which
+    the reader has already framed.
     """
 
     kind: int
     status: bytes
     raw: bytes
-    spans: Sequence[tuple[int, int]] = ()
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """The ``(start, end)`` offsets in ``raw`` of each ``VALUE`` block, header and data
+        with their ``\\r\\n`` (a retrieval cut short by an error: the blocks before it)."""
+        raw = self.raw
+        spans = []
+        pos = 0
+        while raw.startswith(b"VALUE ", pos):
+            header = _VALUE_HEADER(raw, pos)
+            if header is not None:
+                end = header.end() + int(header.group(1)) + 2
+            else:  # framed by the line reader: a header the fast match does not take
+                nl = raw.index(b"\n", pos)
+                read = _value_line(raw[pos:nl - 1])
+                assert read is not None
+                end = nl + 1 + read[1] + 2
+            spans.append((pos, end))
+            pos = end
+        return spans
 
     @property
     def end(self) -> bool:
@@ -205,8 +223,7 @@ class ResponseReader:
     """
 
     __slots__ = (
-        "_block_at", "_expected", "_have", "_kind", "_line", "_need", "_parts", "_spans",
-        "broken", "line_limit",
+        "_expected", "_have", "_kind", "_line", "_need", "_parts", "broken", "line_limit",
     )
 
     def __init__(self, *, line_limit: int = LINE_LIMIT) -> None:
@@ -218,8 +235,6 @@ class ResponseReader:
         self._parts: list[bytes | memoryview] = []
         self._have = 0  # their total length
         self._need = 0  # bytes of a data block still to come
-        self._spans: list[tuple[int, int]] = []  # VALUE blocks: (start, end) in the response
-        self._block_at = 0  # where the block being read starts in the response
         self.broken = False  # after a bad response: the stream cannot be framed any more
 
     def expect(self, kind: int) -> None:
@@ -265,20 +280,20 @@ class ResponseReader:
             if kind == RETRIEVAL:  # the fast path: VALUE blocks complete in this read
                 header = _VALUE_HEADER(buf, pos)
                 while header is not None:
-                    size = int(header.group(1))
-                    block_end = header.end() + size + 2
-                    if block_end > end_of_buf or size > VALUE_LIMIT:
-                        break  # the block ends in a later read: the line path waits for it
+                    block_end = header.end() + int(header.group(1)) + 2
+                    if block_end > end_of_buf:
+                        break  # ends in a later read (or is too long): the line path sees to it
                     if buf[block_end - 2:block_end] != _CRLF:
                         return self._bad(out, kind, "data block not ending in \\r\\n")
-                    self._spans.append((self._have + pos - start, self._have + block_end - start))
                     pos = block_end
                     header = _VALUE_HEADER(buf, pos)
                 if buf.startswith(_END, pos):
+                    if pos > start or self._parts:
+                        out.append(self._complete(buf, start, pos + len(_END), b"END"))
+                    else:
+                        out.append(Response(RETRIEVAL, b"END", replies.END))
+                        self._kind = 0
                     pos += len(_END)
-                    out.append(self._complete(buf, start, pos, b"END") if self._spans or self._parts
-                               else Response(RETRIEVAL, b"END", replies.END))
-                    self._kind = 0
                     continue
                 if pos == end_of_buf:
                     break
@@ -297,12 +312,12 @@ class ResponseReader:
             fixed = _FIXED[kind].get(line)
             if fixed is not None:
                 status, raw = fixed
-                pos = nl + 1
-                if self._parts or self._spans:  # the END of a retrieval with values
-                    out.append(self._complete(buf, start, pos, status))
+                if pos > start or self._parts:  # the END (MN) after values (quiet replies)
+                    out.append(self._complete(buf, start, nl + 1, status))
                 else:
                     out.append(Response(kind, status, raw))
                     self._kind = 0
+                pos = nl + 1
                 continue
             read = _READERS[kind](line)
             if read is None:
@@ -310,13 +325,10 @@ class ResponseReader:
             status, size = read
             if size < 0:
                 pos = nl + 1
-                if kind == QUIET:  # a reply before the fence: it ends at MN, like a VALUE at END
-                    self._spans.append((self._have + nl + 1 - start - len(line) - 2, self._have + pos - start))
-                else:
+                if kind != QUIET:  # (a reply before the fence: it ends at MN, like a VALUE at END)
                     out.append(self._complete(buf, start, pos, status))
                 continue
             block_end = nl + 1 + size + 2
-            self._block_at = self._have + pos - start
             if block_end > end_of_buf:
                 self._spill(buf, start, end_of_buf)
                 self._need = block_end - end_of_buf
@@ -326,8 +338,6 @@ class ResponseReader:
             pos = block_end
             if kind == META:
                 out.append(self._complete(buf, start, pos, status))
-            else:
-                self._spans.append((self._block_at, self._have + pos - start))
         if self._kind:  # a retrieval whose last block ended this read: END is still to come
             self._spill(buf, start, end_of_buf)
         return out
@@ -352,8 +362,6 @@ class ResponseReader:
             return -1
         if self._kind == META:
             out.append(self._complete(data, 0, need, b"VA"))
-        else:
-            self._spans.append((self._block_at, self._have + need))
         return need
 
     def _spill(self, buf: bytes, start: int, end: int) -> None:
@@ -373,11 +381,7 @@ class ResponseReader:
             self._have = 0
         else:
             raw = buf[start:end]
-        spans = self._spans
-        if not spans:
-            return Response(kind, status, raw)
-        self._spans = []
-        return Response(kind, status, raw, spans)
+        return Response(kind, status, raw)
 
     def _bad(self, out: list[Response | BadResponse], kind: int | None,
              reason: str) -> list[Response | BadResponse]:
@@ -388,5 +392,4 @@ class ResponseReader:
         self._parts = []
         self._have = 0
         self._need = 0
-        self._spans = []
         return out

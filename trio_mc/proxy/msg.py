@@ -134,24 +134,21 @@ class MultiGet(Msg):
         for frag in self.frags:
             if frag.error is not None:
                 return replies.server_error(frag.error)
+        responses = []
         for frag in self.frags:
             response = frag.response
             if response is None or response.status in ERRORS or not response.end:
                 return replies.server_error(_INVALID)
-        if len(self.frags) == 1:  # one server's reply is already in key order
-            response = self.frags[0].response
-            assert response is not None
-            return response.raw
-        taken = [0] * len(self.frags)
+            responses.append(response)
+        if len(responses) == 1:  # one server's reply is already in key order
+            return responses[0].raw
+        values = [response.values for response in responses]
+        taken = [0] * len(values)
         out: list[Piece] = []
         for index in self.key_frags:
-            response = self.frags[index].response
-            assert response is not None
-            spans = response.spans
             i = taken[index]
-            if i < len(spans):
-                start, end = spans[i]
-                out.append(memoryview(response.raw)[start:end])
+            if i < len(values[index]):
+                out.append(values[index][i])
                 taken[index] = i + 1
         out.append(replies.END)
         return b"".join(out)
