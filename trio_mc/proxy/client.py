@@ -157,19 +157,24 @@ class ClientSession:
         queue = self.omsg_q
         out = self.out
         window = self.window
+        added = 0
         while queue and queue[0].done:
             msg = queue.popleft()
-            if msg.failed:
-                self.pool.stats.forward_error += 1
-            reply = msg.render()
+            if msg.__class__ is Msg and msg.error is None:  # the common case, inline
+                reply = msg.reply
+            else:
+                if msg.failed:
+                    self.pool.stats.forward_error += 1
+                reply = msg.render()
             out.append(reply)
             size = len(reply)
-            self.out_bytes += size
+            added += size
             if size * window > REPLY_BOUND:
                 window = REPLY_BOUND // size or 1
             elif window < MAX_IN_FLIGHT:
                 window += 1
         self.window = window
+        self.out_bytes += added
         if out and not self.flushing:
             data = out[0] if len(out) == 1 else b"".join(out)
             try:
