@@ -233,8 +233,8 @@ class Continuum:
         self._tag = hash_tag
         self.live: tuple[int, ...] = ()
         self.dispatch: Dispatch = _no_live_servers
-        #: 0 while the pool has one server and it is live: every key is on it, so callers
-        #: that route many keys (a multi-get) need not look each one up.
+        #: 0 while the pool has one server and it is live: every key is on it (and callers
+        #: that route many keys, a multi-get, need not look each one up).
         self.only: int | None = None
         self.rebuild(range(len(servers)))
 
@@ -247,7 +247,11 @@ class Continuum:
         self.only = 0 if len(self.servers) == 1 and self.live else None
 
     def server_for(self, key: bytes) -> int:
-        """The index of the server that holds ``key``, as twemproxy's ``server_pool_idx``."""
+        """The index of the server that holds ``key``, as twemproxy's ``server_pool_idx``
+        (which skips hashing in a one-server pool)."""
+        only = self.only
+        if only is not None:
+            return only
         if self._tag is not None:
             key = hash_tag_key(key, self._tag)
         return self.dispatch(self._hash(key) if key else 0)

@@ -54,8 +54,7 @@ class Pool:
 
     def _new_server(self, server: ServerConfig) -> Server:
         config = self.config
-        timeout = config.timeout / 1000 if config.timeout is not None else None
-        return Server(server, self.nursery, config.server_connections, timeout, self)
+        return Server(server, self.nursery, config.server_connections, _seconds(config), self)
 
     def reconfigure(self, config: PoolConfig) -> None:
         """Take a reloaded config of this pool (see the module docstring)."""
@@ -72,7 +71,7 @@ class Pool:
             elif not same_conns:
                 server.retire()
                 server.max_conns = config.server_connections
-                server.timeout = config.timeout / 1000 if config.timeout is not None else None
+                server.timeout = _seconds(config)
             servers.append(server)
         for gone in kept.values():
             gone.retire()
@@ -101,8 +100,6 @@ class Pool:
 
     def conn_for(self, key: bytes) -> ServerConn | None:
         """The connection a request for ``key`` is queued on (``None``: see index_for)."""
-        if self.continuum.only is not None and not self.ejected:
-            return self.servers[0].conn()
         index = self.index_for(key)
         return None if index is None else self.servers[index].conn()
 
@@ -164,6 +161,11 @@ class Pool:
 
     def _rebuild(self) -> None:
         self.continuum.rebuild(i for i, s in enumerate(self.servers) if s not in self.ejected)
+
+
+def _seconds(config: PoolConfig) -> float | None:
+    """The pool's ``timeout`` (ms) in seconds; ``None``: wait forever."""
+    return config.timeout / 1000 if config.timeout is not None else None
 
 
 def _continuum(config: PoolConfig) -> Continuum:
