@@ -198,6 +198,7 @@ def _fixed(*lines: bytes) -> dict[bytes, tuple[bytes, bytes]]:
 _TEXT_KINDS = (STORAGE, RETRIEVAL, ARITH, DELETE, TOUCH, VERSION)
 _TEXT_FIXED = _fixed(replies.STORED, replies.NOT_STORED, replies.EXISTS, replies.NOT_FOUND,
                      replies.DELETED, replies.TOUCHED, replies.END)
+_END_FIXED = _TEXT_FIXED[_END[:-2]]  # what a retrieval's END is, for the fast path
 # Kind -> the exact lines that end a reply on their own (the fast path: one dict lookup).
 _FIXED: dict[int, dict[bytes, tuple[bytes, bytes]]] = {
     **dict.fromkeys(_TEXT_KINDS, _TEXT_FIXED),
@@ -288,11 +289,7 @@ class ResponseReader:
                     pos = block_end
                     header = _VALUE_HEADER(buf, pos)
                 if buf.startswith(_END, pos):
-                    if pos > start or self._parts:
-                        out.append(self._complete(buf, start, pos + len(_END), b"END"))
-                    else:
-                        out.append(Response(RETRIEVAL, b"END", replies.END))
-                        self._kind = 0
+                    out.append(self._ended(buf, start, pos, pos + len(_END), _END_FIXED))
                     pos += len(_END)
                     continue
                 if pos == end_of_buf:
@@ -311,12 +308,7 @@ class ResponseReader:
             line = buf[pos:nl - 1]
             fixed = _FIXED[kind].get(line)
             if fixed is not None:
-                status, raw = fixed
-                if pos > start or self._parts:  # the END (MN) after values (quiet replies)
-                    out.append(self._complete(buf, start, nl + 1, status))
-                else:
-                    out.append(Response(kind, status, raw))
-                    self._kind = 0
+                out.append(self._ended(buf, start, pos, nl + 1, fixed))
                 pos = nl + 1
                 continue
             read = _READERS[kind](line)
@@ -369,6 +361,17 @@ class ResponseReader:
         if end > start:
             self._parts.append(memoryview(buf)[start:end])
             self._have += end - start
+
+    def _ended(self, buf: bytes, start: int, line: int, end: int,
+               fixed: tuple[bytes, bytes]) -> Response:
+        """The response that the fixed line ``buf[line:end]`` ends: that line's constant
+        if it is the whole reply, else everything since ``start`` (the END after VALUE
+        blocks, the MN after quiet replies)."""
+        status, raw = fixed
+        if line > start or self._parts:
+            return self._complete(buf, start, end, status)
+        self._kind, kind = 0, self._kind
+        return Response(kind, status, raw)
 
     def _complete(self, buf: bytes, start: int, end: int, status: bytes) -> Response:
         """The response ending at ``buf[end]``, copied once (a slice, or one join)."""
