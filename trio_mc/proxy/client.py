@@ -160,12 +160,9 @@ class ClientSession:
         added = 0
         while queue and queue[0].done:
             msg = queue.popleft()
-            if msg.__class__ is Msg and msg.error is None:  # the common case, inline
-                reply = msg.reply
-            else:
-                if msg.failed:
-                    self.pool.stats.forward_error += 1
-                reply = msg.render()
+            if msg.failed:
+                self.pool.stats.forward_error += 1
+            reply = msg.render()
             out.append(reply)
             size = len(reply)
             added += size
