@@ -28,6 +28,7 @@ Small API, usable from any test module::
 * ``read_quiet(sock, quiet, limit)`` -- read until ``quiet`` seconds pass without
   a byte (at most ``limit``); returns the bytes and whether the peer closed.
 * ``rss_kib(pid)`` -- a process's resident set size (``VmRSS``), in KiB.
+* ``exited(pid)`` -- whether a process (a daemon, not our child) has exited.
 * ``Attackers(port, rcvbuf)`` -- clients that send requests and never read the replies,
   opened one by one (``attack(requests)``) and closed together (``close()``), from any
   thread.
@@ -74,6 +75,7 @@ __all__ = [
     "ServerProcess",
     "ServerStartError",
     "ask",
+    "exited",
     "free_port",
     "memcacheds",
     "pool_toml",
@@ -369,6 +371,15 @@ def read_quiet(sock: socket.socket, quiet: float = 0.2, limit: float = 5.0) -> t
     finally:
         sock.settimeout(old)
     return data, False
+
+
+def exited(pid: int) -> bool:
+    """Whether ``pid`` has exited (a daemon's parent is init, which may leave it a zombie
+    for a while: that counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
 
 
 def rss_kib(pid: int) -> int:

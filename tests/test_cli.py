@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 from helpers import ClientFactory
-from procs import REPO_ROOT, ask, free_port, start_trio_mc, wait_for_port
+from procs import REPO_ROOT, ask, exited, free_port, start_trio_mc, wait_for_port
 
 from trio_mc.server.state import ServerState
 
@@ -28,14 +28,6 @@ def _wait(condition: object, what: str) -> None:
     while not condition():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
-
-
-def _gone(pid: int) -> bool:
-    """Exited (a daemon's parent is init, which may leave it a zombie for a while)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_daemon_detaches_and_keeps_its_pid_file_while_it_runs(tmp_path: Path) -> None:
@@ -56,7 +48,7 @@ def test_daemon_detaches_and_keeps_its_pid_file_while_it_runs(tmp_path: Path) ->
             assert ask(s, b"stats\r\n", b"END\r\n").startswith(b"STAT pid %d\r\n" % pid)
     finally:
         os.kill(pid, signal.SIGTERM)
-        _wait(lambda: _gone(pid), "the daemon to exit")
+        _wait(lambda: exited(pid), "the daemon to exit")
     _wait(lambda: not pidfile.exists(), "the pid file to be removed")
 
 

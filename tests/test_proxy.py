@@ -34,6 +34,7 @@ from procs import (
     HOST,
     REPO_ROOT,
     ServerProcess,
+    exited,
     free_port,
     memcacheds,
     pool_toml,
@@ -510,16 +511,9 @@ def test_daemonize_and_busy_port(tmp_path: Path, backends: tuple[list[ServerProc
     finally:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while _running(pid) and time.monotonic() < deadline:
+    while not exited(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _running(pid)
+    assert exited(pid)
     assert not pid_file.exists()
     assert "signal 15 (SIGTERM) received, exiting" in log.read_text()
 
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is alive (a zombie, once the daemon exits, is not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
