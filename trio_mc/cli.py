@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trio_mc import MEMCACHED_VERSION, __version__
+from trio_mc.numbers import safe_strtoul
 from trio_mc.proxy.serve import LOG_LEVEL_MAX, ProxyOptions
 from trio_mc.proxy.stats_server import STATS_INTERVAL, STATS_PORT, StatsConfig
 from trio_mc.settings import Settings
@@ -126,10 +127,11 @@ def _atof(value: str) -> float:
 
 
 def _strtoul(name: str, value: str) -> int:
-    """memcached's ``safe_strtoul`` for the ``-o`` options that check their number."""
-    if not value.isdigit():
+    """The ``-o`` options that check their number, with memcached's ``safe_strtoul``."""
+    number = safe_strtoul(value.encode())
+    if number is None:
         raise UsageError(f"could not parse argument to {name}")
-    return int(value)
+    return number
 
 
 def _int(opt: str, value: str) -> int:
